@@ -1,0 +1,34 @@
+# One entry point for a fresh machine: `make run` brings the gateway up on its embedded default,
+# `make test` runs the whole suite. Both install what they need first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: setup vllm router run test bench services
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, from the CPU wheel pip finds locally: a bare `torch` pulls GBs of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+vllm:
+	bash scripts/setup-vllm.sh
+
+router: setup
+	test -f var/routers/embedding-domain/router.json || $(VENV)/bin/moe router train --out var/routers/embedding-domain
+
+run: setup vllm router
+	$(VENV)/bin/moe up
+
+services:
+	bash scripts/services.sh
+
+test: setup vllm services
+	$(PY) -m pytest -ra
+
+bench: setup router
+	$(PY) bench/overhead.py

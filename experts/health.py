@@ -1,0 +1,72 @@
+"""Background probes of each expert's server (GET {api_base}/models), read by /readyz and /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.config import ExpertConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpertHealth:
+    healthy: bool = False
+    checked_at: float = 0.0
+    error: str | None = None
+
+
+class HealthMonitor:
+    def __init__(self, experts: Sequence[ExpertConfig], interval_s: float) -> None:
+        self.experts = list(experts)
+        self.interval_s = interval_s
+        self.status: dict[str, ExpertHealth] = {e.name: ExpertHealth() for e in self.experts}
+        self._task: asyncio.Task[None] | None = None
+
+    async def check_all(self) -> None:
+        # Experts sharing a server share one probe.
+        bases = {e.api_base.rstrip("/") for e in self.experts}
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            results = await asyncio.gather(*(self._probe(client, base) for base in bases))
+        by_base = dict(zip(bases, results, strict=True))
+        now = time.time()
+        for expert in self.experts:
+            error = by_base[expert.api_base.rstrip("/")]
+            was = self.status[expert.name].healthy
+            self.status[expert.name] = ExpertHealth(error is None, now, error)
+            if was != (error is None):
+                log.info("expert %s is now %s", expert.name, "healthy" if error is None else f"down: {error}")
+
+    @staticmethod
+    async def _probe(client: httpx.AsyncClient, base: str) -> str | None:
+        try:
+            response = await client.get(f"{base}/models")
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}" or type(exc).__name__
+        return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+    def any_healthy(self) -> bool:
+        return any(h.healthy for h in self.status.values())
+
+    async def start(self) -> None:
+        await self.check_all()
+        self._task = asyncio.create_task(self._loop(), name="expert-health")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.check_all()
+            except Exception:  # noqa: BLE001 - a probe bug must not kill the loop
+                log.exception("expert health check failed")

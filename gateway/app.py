@@ -1,0 +1,118 @@
+"""The FastAPI application: HTTP only. The logic lives in serving.py, the schema in protocol.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from experts.health import HealthMonitor
+from gateway.config import GatewayConfig, load_config
+from gateway.decision_log import DecisionLog, make_engine
+from gateway.errors import BodyLimit, install_error_handlers
+from gateway.protocol import ChatCompletionRequest
+from gateway.serving import ChatService
+from gateway.settings import Settings
+from routers import Router, load_router
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start; the message says what to fix."""
+
+
+def load_routers(config: GatewayConfig) -> dict[str, Router]:
+    profiles = [e.profile() for e in config.experts]
+    routers: dict[str, Router] = {}
+    for rc in config.routers:
+        if not rc.artifact.is_dir():
+            raise StartupError(
+                f"router {rc.name!r}: no trained artifact at {rc.artifact}; "
+                f"train one with `moe router train --out {rc.artifact}`"
+            )
+        routers[rc.name] = load_router(rc.artifact, profiles)
+        log.info("router %s loaded (%s@%s)", rc.name, routers[rc.name].name, routers[rc.name].version)
+    return routers
+
+
+def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> FastAPI:
+    settings = settings or Settings()
+    config = config or load_config(settings.moe_config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        routers = await asyncio.to_thread(load_routers, config)
+        decision_log = DecisionLog(
+            make_engine(settings.database_url),
+            settings.moe_spill_dir,
+            max_buffer=settings.moe_log_buffer,
+            flush_interval_s=settings.moe_log_flush_s,
+        )
+        health = HealthMonitor(config.experts, settings.moe_health_interval_s)
+        await decision_log.start()
+        await health.start()
+        app.state.service = ChatService(config, routers, decision_log, health, log_prompts=settings.moe_log_prompts)
+        try:
+            yield
+        finally:
+            await health.stop()
+            await decision_log.stop()
+
+    app = FastAPI(title="moe-gateway", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        service: ChatService = request.app.state.service
+        if body.stream:
+            return await service.stream(body, request)
+        return await service.complete(body, request)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        service: ChatService = request.app.state.service
+        created = int(time.time())
+        virtual = [
+            {"id": v.name, "object": "model", "created": created, "owned_by": "moe-gateway",
+             "router": v.router, "description": v.description}
+            for v in config.virtual_models
+        ]
+        experts = [
+            {"id": e.name, "object": "model", "created": created, "owned_by": "moe-gateway",
+             "healthy": service.health.status[e.name].healthy}
+            for e in config.experts
+        ]
+        return {"object": "list", "data": virtual + experts}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        service: ChatService | None = getattr(request.app.state, "service", None)
+        if service is None:
+            return JSONResponse({"ready": False, "checks": {"config": True, "routers": False}}, status_code=503)
+        database = await asyncio.to_thread(service.decision_log.ping)
+        checks = {
+            "config": True,
+            "routers": len(service.routers) == len(config.routers),
+            "database": database,
+            "experts": service.health.any_healthy(),
+        }
+        detail = {
+            "experts": {n: {"healthy": h.healthy, "error": h.error} for n, h in service.health.status.items()},
+            "decision_log": {"pending": service.decision_log.pending, "spilled_files": len(service.decision_log.spilled_files())},
+        }
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks, **detail}, status_code=200 if ready else 503)
+
+    return app

@@ -1,0 +1,188 @@
+"""`moe`: serve the gateway, run migrations, train routers, start local experts, or all of it at once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.config import ConfigError, load_config
+from gateway.settings import Settings
+
+app = typer.Typer(help="Model-routing OpenAI-compatible gateway.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Decision-log database migrations.", no_args_is_help=True)
+experts_app = typer.Typer(help="Local vLLM expert servers.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(experts_app, name="experts")
+console = Console(stderr=True)
+
+
+def _config_or_exit(settings: Settings):  # noqa: ANN202 - GatewayConfig, imported lazily by callers
+    try:
+        return load_config(settings.moe_config)
+    except ConfigError as exc:
+        console.print(f"[red]invalid config[/red]: {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the gateway (config from MOE_CONFIG, decision log at DATABASE_URL)."""
+    import uvicorn
+
+    from gateway.app import StartupError, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    config = _config_or_exit(settings)
+    try:
+        application = create_app(settings, config)
+        uvicorn.run(application, host=host, port=port, workers=workers, access_log=False, log_level="info")
+    except StartupError as exc:
+        console.print(f"[red]cannot start[/red]: {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path | None, typer.Argument(help="config file (default: MOE_CONFIG)")] = None) -> None:
+    """Validate a config file and print what it declares."""
+    settings = Settings() if path is None else Settings(moe_config=path)
+    config = _config_or_exit(settings)
+    console.print(
+        f"[green]ok[/green]: {len(config.experts)} experts, {len(config.servers)} servers, "
+        f"{len(config.routers)} routers, virtual models: {', '.join(v.name for v in config.virtual_models) or '-'}"
+    )
+
+
+@experts_app.command("up")
+def experts_up() -> None:
+    """Start the vLLM servers listed under `servers:` and keep them running until Ctrl-C."""
+    from experts.launcher import running_servers
+
+    config = _config_or_exit(Settings())
+    with running_servers(config, console=console) as servers:
+        for server in servers:
+            console.print(f"[green]serving[/green] {server.name}: {', '.join(config.served_names(server.server))} "
+                          f"at {server.api_base}")
+        _wait_for_interrupt()
+
+
+DEMO_QUESTION = "What is the derivative of x^3 + 2x with respect to x?"
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="gateway port")] = 8000,
+    once: Annotated[bool, typer.Option(help="exit after the demo answer instead of serving")] = False,
+    question: Annotated[str, typer.Option(help="the routed question asked once the gateway is up")] = DEMO_QUESTION,
+) -> None:
+    """Everything for the embedded default: migrate, train the router if missing, start the experts and
+    the gateway, ask one routed question through the openai SDK, then keep serving."""
+    import threading
+
+    import uvicorn
+
+    from experts.launcher import running_servers
+    from gateway.app import create_app
+    from gateway.migrate import upgrade
+
+    settings = Settings()
+    config = _config_or_exit(settings)
+    upgrade(settings.database_url)
+    for router in config.routers:
+        if not (router.artifact / "router.json").is_file():
+            from training.train import train_router
+
+            console.print(f"[bold]training router {router.name}[/bold] into {router.artifact} (first run only)")
+            train_router("embedding-domain", router.artifact)
+    with running_servers(config, console=console) if config.servers else _nothing() as _servers:
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, config), host="127.0.0.1", port=port,
+                                               access_log=False, log_level="warning"))
+        outcome: dict[str, BaseException] = {}
+
+        def demo() -> None:
+            try:
+                while not server.started:
+                    time.sleep(0.1)
+                _ask(f"http://127.0.0.1:{port}/v1", config.virtual_models[0].name, question)
+                console.print(f"[green]gateway ready[/green] at http://127.0.0.1:{port}/v1 "
+                              + ("" if once else "(Ctrl-C stops it and the experts)"))
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                outcome["error"] = exc
+            finally:
+                if once or "error" in outcome:
+                    server.should_exit = True
+
+        threading.Thread(target=demo, daemon=True).start()
+        server.run()
+    if "error" in outcome:
+        console.print(f"[red]the demo request failed[/red]: {outcome['error']}")
+        raise typer.Exit(1)
+
+
+def _ask(base_url: str, model: str, question: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=96, temperature=0
+    )
+    answer = raw.parse().choices[0].message.content
+    console.print(f"[bold]Q:[/bold] {question}")
+    console.print(f"[bold]routed to[/bold] {raw.headers['x-moe-expert']} by {raw.headers.get('x-moe-router')} "
+                  f"(decision {raw.headers['x-moe-decision-id']})")
+    console.print(f"[bold]A:[/bold] {answer}")
+
+
+@contextmanager
+def _nothing() -> Iterator[list[object]]:
+    yield []
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations to DATABASE_URL."""
+    from gateway.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url, revision)
+    console.print(f"[green]database at {revision}[/green]: {_redact(settings.database_url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
+    """Revert migrations on DATABASE_URL down to REVISION ('base' removes everything)."""
+    from gateway.migrate import downgrade
+
+    settings = Settings()
+    downgrade(settings.database_url, revision)
+    console.print(f"[yellow]database at {revision}[/yellow]: {_redact(settings.database_url)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,226 @@
+"""Writes decision records off the request path, in batches, without ever losing one.
+
+A request only appends to an in-memory buffer. A background task writes batches in a worker
+thread; when the database is down the batch stays buffered and is retried with backoff. Past the
+buffer's bound, the oldest records spill to JSON-lines files on disk, which are replayed (and
+deleted) once the database answers again. Inserts ignore rows already present, so a replay after a
+crash between write and delete duplicates nothing. Shutdown flushes; if the database is still down
+then, everything left spills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.records import DecisionRow, ExpertCallRow
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass
+class ExpertCall:
+    attempt: int
+    expert: str
+    started_at: datetime
+    status: str = "pending"
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class DecisionRecord:
+    requested_model: str
+    request_hash: str
+    stream: bool
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    virtual_model: str | None = None
+    router: str | None = None
+    router_version: str | None = None
+    ranked: list[dict[str, Any]] = field(default_factory=list)
+    recruited: list[str] = field(default_factory=list)
+    chosen_expert: str | None = None
+    confidence: float | None = None
+    routing_ms: float | None = None
+    upstream_ms: float | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    status: str = "pending"
+    http_status: int = 200
+    error: str | None = None
+    prompt: str | None = None
+    calls: list[ExpertCall] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=_iso)
+
+    @classmethod
+    def from_json(cls, line: str) -> DecisionRecord:
+        raw = json.loads(line)
+        raw["created_at"] = datetime.fromisoformat(raw["created_at"])
+        calls = [ExpertCall(**{**c, "started_at": datetime.fromisoformat(c["started_at"])}) for c in raw.pop("calls")]
+        return cls(**raw, calls=calls)
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        database = url.split("///", 1)[-1]
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
+    return create_engine(url, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 3})
+
+
+class DecisionLog:
+    def __init__(
+        self, engine: Engine, spill_dir: Path, *, max_buffer: int = 10_000, flush_interval_s: float = 0.25
+    ) -> None:
+        self.engine = engine
+        self.spill_dir = spill_dir
+        self.max_buffer = max_buffer
+        self.flush_interval_s = flush_interval_s
+        self._buffer: deque[DecisionRecord] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.db_ok = True
+        self.written = 0
+
+    # -- request side -----------------------------------------------------------------------
+    def record(self, rec: DecisionRecord) -> None:
+        """Never blocks and never fails: the request path only appends."""
+        self._buffer.append(rec)
+        if len(self._buffer) >= BATCH:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="decision-log-writer")
+
+    async def stop(self) -> None:
+        """Flush what is buffered; spill the rest if the database cannot take it."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+        if self._buffer:
+            await asyncio.to_thread(self._spill, list(self._buffer))
+            self._buffer.clear()
+        self.engine.dispose()
+
+    async def _run(self) -> None:
+        backoff = self.flush_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            ok = await self._flush_once()
+            if self._stopping and (not ok or not self._buffer):
+                return
+            backoff = self.flush_interval_s if ok else min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _flush_once(self) -> bool:
+        """Write everything buffered and any spilled files; False when the database refused."""
+        try:
+            while self._buffer:
+                batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
+                await asyncio.to_thread(self._write, batch)
+                for _ in batch:
+                    self._buffer.popleft()
+                self.written += len(batch)
+            await asyncio.to_thread(self._replay_spilled)
+        except Exception as exc:  # noqa: BLE001 - any database failure means: keep, retry later
+            if self.db_ok:
+                log.warning("decision log: database unavailable, buffering (%s)", type(exc).__name__)
+            self.db_ok = False
+            self._spill_overflow()
+            return False
+        if not self.db_ok:
+            log.info("decision log: database back, buffer drained")
+        self.db_ok = True
+        return True
+
+    # -- database -----------------------------------------------------------------------------
+    def _write(self, batch: list[DecisionRecord]) -> None:
+        decisions = []
+        calls = []
+        for rec in batch:
+            row = asdict(rec)
+            for call in row.pop("calls"):
+                calls.append({**call, "decision_id": rec.id})
+            decisions.append(row)
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        with self.engine.begin() as conn:
+            conn.execute(insert(DecisionRow).on_conflict_do_nothing(), decisions)
+            if calls:
+                conn.execute(insert(ExpertCallRow).on_conflict_do_nothing(), calls)
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1 FROM decisions WHERE 1 = 0"))
+            return True
+        except Exception:  # noqa: BLE001 - readiness only reports
+            return False
+
+    # -- disk spill ---------------------------------------------------------------------------
+    def _spill_overflow(self) -> None:
+        excess = len(self._buffer) - self.max_buffer
+        if excess > 0:
+            self._spill([self._buffer.popleft() for _ in range(excess)])
+
+    def _spill(self, records: list[DecisionRecord]) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        tmp = self.spill_dir / (name + ".tmp")
+        with tmp.open("w") as fh:
+            for rec in records:
+                fh.write(rec.to_json() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(self.spill_dir / name)
+        log.warning("decision log: spilled %d records to %s", len(records), self.spill_dir / name)
+
+    def spilled_files(self) -> list[Path]:
+        return sorted(self.spill_dir.glob("*.jsonl")) if self.spill_dir.is_dir() else []
+
+    def _replay_spilled(self) -> None:
+        for path in self.spilled_files():
+            records = [DecisionRecord.from_json(line) for line in path.read_text().splitlines() if line.strip()]
+            for start in range(0, len(records), BATCH):
+                self._write(records[start : start + BATCH])
+            path.unlink()
+            self.written += len(records)
+            log.info("decision log: replayed %d spilled records from %s", len(records), path.name)

@@ -1,0 +1,61 @@
+"""The decision log's tables: one row per request, one row per expert call. Alembic owns the schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DecisionRow(Base):
+    __tablename__ = "decisions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    requested_model: Mapped[str] = mapped_column(String(200))
+    virtual_model: Mapped[str | None] = mapped_column(String(200), index=True)
+    router: Mapped[str | None] = mapped_column(String(100))
+    router_version: Mapped[str | None] = mapped_column(String(100))
+    ranked: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
+    recruited: Mapped[list[str]] = mapped_column(Json, default=list)
+    chosen_expert: Mapped[str | None] = mapped_column(String(200), index=True)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    routing_ms: Mapped[float | None] = mapped_column(Float)
+    upstream_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(40), index=True)
+    http_status: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64), index=True)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    calls: Mapped[list[ExpertCallRow]] = relationship(order_by="ExpertCallRow.attempt", lazy="selectin")
+
+
+class ExpertCallRow(Base):
+    __tablename__ = "expert_calls"
+
+    decision_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("decisions.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    expert: Mapped[str] = mapped_column(String(200), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(40))
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)

@@ -1,0 +1,24 @@
+"""Process settings from the environment (the YAML config says what to route; this says where things live)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.config import DEFAULT_CONFIG
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", env_file=".env", extra="ignore")
+
+    moe_config: Path = Field(DEFAULT_CONFIG, description="YAML config; the embedded default when unset")
+    database_url: str = Field("sqlite:///var/moe.db", description="SQLAlchemy URL of the decision log")
+    redis_url: str | None = Field(None, description="shared state for several replicas (optional)")
+    moe_log_prompts: bool = Field(False, description="store prompt text in decision records")
+    moe_max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
+    moe_spill_dir: Path = Field(Path("var/spill"), description="decision records wait here while the DB is down")
+    moe_log_buffer: int = Field(10_000, gt=0, description="records held in memory before spilling to disk")
+    moe_log_flush_s: float = Field(0.25, gt=0, description="how often buffered records are written")
+    moe_health_interval_s: float = Field(10.0, gt=0, description="how often experts are probed for /readyz")

@@ -1,0 +1,36 @@
+"""Router families, looked up by the `family` written in an artifact's router.json.
+
+Families are imported only when an artifact of theirs is loaded, so the gateway pays the import
+cost (torch, sentence-transformers) of the routers it actually uses and no other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from routers.base import Decision, ExpertProfile, ExpertScore, Manifest, Router
+
+# family -> "module:Class"
+FAMILIES: dict[str, str] = {
+    "embedding-domain": "routers.embedding:EmbeddingDomainRouter",
+}
+
+
+def router_class(family: str) -> type[Router]:
+    try:
+        target = FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown router family {family!r}; known: {sorted(FAMILIES)}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_router(directory: Path, experts: Sequence[ExpertProfile]) -> Router:
+    """Load any trained router artifact; the family comes from its manifest."""
+    manifest = Manifest.read(directory)
+    return router_class(manifest.family).load(directory, experts)
+
+
+__all__ = ["FAMILIES", "Decision", "ExpertProfile", "ExpertScore", "Manifest", "Router", "load_router", "router_class"]

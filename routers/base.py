@@ -1,0 +1,173 @@
+"""The contract every router family keeps: fit / score / save on the training side, decide in the gateway.
+
+A router knows nothing of HTTP or of how the gateway is configured: it is handed the expert
+profiles it routes between and an artifact directory. Heavy libraries (torch,
+sentence-transformers, scikit-learn) are imported inside the family that needs them, so importing
+this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+MANIFEST = "router.json"
+
+
+@dataclass(frozen=True)
+class ExpertProfile:
+    """What a router may know of an expert: its name, its price and what it declares to be good at."""
+
+    name: str
+    price_per_mtok: float = 0.0
+    domains: tuple[str, ...] = ()
+    skills: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExpertScore:
+    name: str
+    score: float
+
+
+@dataclass
+class Decision:
+    """The router's answer for one query; what is logged, exposed in headers and replayed offline."""
+
+    router: str
+    version: str
+    ranked: list[ExpertScore]
+    confidence: float
+    latency_ms: float
+    # Experts recruited to answer together (Symbolic-MoE); one expert when routing to a single model.
+    recruited: list[str] = field(default_factory=list)
+    aggregator: str | None = None
+
+    @property
+    def chosen(self) -> str:
+        return self.recruited[0] if self.recruited else self.ranked[0].name
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Manifest:
+    """router.json: identifies a trained artifact (family, name, version, data hash, metrics)."""
+
+    family: str
+    name: str
+    version: str
+    data_hash: str
+    experts: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a router artifact: {MANIFEST} is missing")
+        return cls(**json.loads(path.read_text()))
+
+
+def data_hash(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A stable fingerprint of training data, stored in the manifest to tell artifacts apart."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def query_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text a router reads: the last user turn (text parts of multi-part content joined)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(
+        part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+    )
+
+
+class Router(ABC):
+    """A trained router: scores every expert for a query; `decide` ranks them.
+
+    Subclasses implement `score` (higher is better, one column per expert in `self.experts` order),
+    `_save` and `_load`. `decide` is the template the gateway and the evaluation both call.
+    """
+
+    family: ClassVar[str]
+
+    def __init__(self, experts: Sequence[ExpertProfile], manifest: Manifest | None = None) -> None:
+        if not experts:
+            raise ValueError("a router needs at least one expert")
+        self.experts = list(experts)
+        self.manifest = manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.family
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version if self.manifest else "untrained"
+
+    @abstractmethod
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """Shape (len(texts), len(self.experts)): how good each expert is expected to be."""
+
+    def decide(self, messages: Sequence[Mapping[str, Any]]) -> Decision:
+        started = time.perf_counter()
+        scores = self.score([query_text(messages)])[0]
+        order = np.argsort(-scores, kind="stable")
+        ranked = [ExpertScore(self.experts[i].name, float(scores[i])) for i in order]
+        total = float(np.sum(np.clip(scores, 0, None)))
+        confidence = ranked[0].score / total if total > 0 else 0.0
+        return Decision(
+            router=self.name,
+            version=self.version,
+            ranked=ranked,
+            confidence=confidence,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            recruited=[ranked[0].name],
+        )
+
+    def save(self, directory: Path) -> None:
+        if self.manifest is None:
+            raise RuntimeError("fit the router before saving it")
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save(directory)
+        self.manifest.write(directory)
+
+    @classmethod
+    def load(cls, directory: Path, experts: Sequence[ExpertProfile]) -> Router:
+        manifest = Manifest.read(directory)
+        return cls._load(directory, manifest, experts)
+
+    @abstractmethod
+    def _save(self, directory: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Router: ...

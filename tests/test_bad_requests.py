@@ -1,0 +1,111 @@
+"""Bad input gets an OpenAI-shaped 4xx, never a stack trace or a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Gateway, decisions, routed_config, running_gateway, wait_for
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: str, router_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    workdir = tmp_path_factory.mktemp("bad-requests")
+    experts = [{"name": "general", "model": "echo", "api_base": f"{upstream}/v1", "domains": ["other"]}]
+    url = f"sqlite:///{workdir / 'decisions.db'}"
+    with running_gateway(routed_config(experts, router_artifact), url, workdir, moe_max_body_bytes=LIMIT) as gw:
+        yield gw
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert "Traceback" not in error["message"]
+    return error
+
+
+def post(gateway: Gateway, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{gateway.v1}/chat/completions", timeout=10, **kwargs)
+
+
+GOOD = {"model": "moe-auto", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_invalid_json(gateway: Gateway) -> None:
+    error = assert_openai_error(post(gateway, content=b'{"model": "moe-auto", "messages": [', headers={"content-type": "application/json"}), 400)
+    assert error["type"] == "invalid_request_error" and "JSON" in error["message"]
+
+
+def test_non_utf8_body(gateway: Gateway) -> None:
+    assert_openai_error(post(gateway, content=b"\xff\xfe\x00garbage\xc3", headers={"content-type": "application/json"}), 400)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": GOOD["messages"]}, "model"),
+        ({"model": "moe-auto"}, "messages"),
+        ({"model": "moe-auto", "messages": []}, "messages"),
+        ({**GOOD, "temperature": "hot"}, "temperature"),
+        ({**GOOD, "temperature": 3}, "temperature"),
+        ({**GOOD, "max_tokens": 0}, "max_tokens"),
+        ({**GOOD, "stream": "yes please"}, "stream"),
+        ({"model": "moe-auto", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0"),
+        ({"model": "moe-auto", "messages": [{"role": "user"}]}, "messages.0.user.content"),
+        ({"model": "moe-auto", "messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool.tool_call_id"),
+        ({"model": 42, "messages": GOOD["messages"]}, "model"),
+    ],
+)
+def test_invalid_fields_name_the_param(gateway: Gateway, body: dict[str, Any], param: str) -> None:
+    error = assert_openai_error(post(gateway, json=body), 400)
+    assert error["param"] == param
+
+
+def test_body_that_is_not_an_object(gateway: Gateway) -> None:
+    assert_openai_error(post(gateway, json=["model", "moe-auto"]), 400)
+
+
+def test_unknown_model(gateway: Gateway) -> None:
+    error = assert_openai_error(post(gateway, json={**GOOD, "model": "nope"}), 404)
+    assert error["code"] == "model_not_found"
+
+
+def test_oversized_body_by_content_length(gateway: Gateway) -> None:
+    big = {**GOOD, "messages": [{"role": "user", "content": "x" * (LIMIT + 10)}]}
+    error = assert_openai_error(post(gateway, json=big), 413)
+    assert error["code"] == "request_too_large"
+
+
+def test_oversized_chunked_body(gateway: Gateway) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "moe-auto", "messages": [{"role": "user", "content": "'
+        for _ in range(LIMIT // 1024 + 2):
+            yield b"y" * 1024
+        yield b'"}]}'
+
+    assert_openai_error(post(gateway, content=chunks(), headers={"content-type": "application/json"}), 413)
+
+
+def test_unknown_route_and_wrong_method(gateway: Gateway) -> None:
+    assert_openai_error(httpx.get(f"{gateway.v1}/nothing-here"), 404)
+    assert_openai_error(httpx.get(f"{gateway.v1}/chat/completions"), 405)
+
+
+def test_rejected_requests_make_no_record_and_good_ones_still_work(gateway: Gateway) -> None:
+    url = gateway.settings.database_url
+    before = len(decisions(url))
+    assert_openai_error(post(gateway, json={"model": "moe-auto"}), 400)
+    response = post(gateway, json=GOOD)
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "[echo] hi"
+    wait_for(lambda: len(decisions(url)) == before + 1, what="exactly one new record")
+    assert decisions(url)[-1].id == response.headers["x-moe-decision-id"]

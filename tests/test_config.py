@@ -1,0 +1,68 @@
+"""Invalid config fails at start with a message naming the bad field; the embedded default is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.config import DEFAULT_CONFIG, ConfigError, load_config
+
+VALID = {
+    "experts": [{"name": "a", "model": "m", "api_base": "http://127.0.0.1:9/v1", "domains": ["math"]}],
+    "routers": [{"name": "r", "artifact": "var/routers/x"}],
+    "virtual_models": [{"name": "moe-auto", "router": "r"}],
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_embedded_default_is_valid() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    assert [v.name for v in config.virtual_models] == ["moe-auto"]
+    assert config.served_names(config.servers[0]) == ["smollm-stem", "smollm-humanities", "smollm-general"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["experts"][0].update(api_base="localhost:8000"), "experts.0.api_base"),
+        (lambda c: c["experts"][0].update(price_per_mtok=-1), "experts.0.price_per_mtok"),
+        (lambda c: c["experts"][0].update(timeout_s="soon"), "experts.0.timeout_s"),
+        (lambda c: c["experts"][0].update(colour="blue"), "experts.0.colour"),
+        (lambda c: c["experts"][0].pop("model"), "experts.0.model"),
+        (lambda c: c["virtual_models"][0].update(router="missing"), "virtual_models.0.router"),
+        (lambda c: c["experts"].append(dict(c["experts"][0])), "duplicate name 'a'"),
+        (lambda c: c.update(experts=[]), "experts"),
+        (lambda c: c.update(servers=[{"name": "s", "model": "x", "port": 7}]), "servers.0"),
+    ],
+)
+def test_invalid_config_names_the_field(tmp_path: Path, mutate, message: str) -> None:  # noqa: ANN001
+    config = yaml.safe_load(yaml.safe_dump(VALID))
+    mutate(config)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(write(tmp_path, config))
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experts: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_cli_reports_the_bad_field_and_exits_non_zero(tmp_path: Path) -> None:
+    config = yaml.safe_load(yaml.safe_dump(VALID))
+    config["experts"][0]["api_base"] = "nope"
+    result = CliRunner().invoke(app, ["check-config", str(write(tmp_path, config))])
+    assert result.exit_code == 2
+    assert "experts.0.api_base" in result.output

@@ -1,0 +1,130 @@
+"""Decision records in real SQLite and PostgreSQL, migrations both ways, and a database outage losing nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import make_url
+
+from gateway.migrate import downgrade, upgrade
+from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, routed_config, running_gateway, wait_for
+from tests.tcp_proxy import tcp_proxy
+
+
+def chat(v1: str, question: str, stream: bool = False) -> httpx.Response:
+    body = {"model": "moe-auto", "stream": stream, "messages": [{"role": "user", "content": question}]}
+    response = httpx.post(f"{v1}/chat/completions", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrations_up_and_down(database_url: str) -> None:
+    upgrade(database_url)
+    assert {"decisions", "expert_calls", "alembic_version"} <= tables(database_url)
+    downgrade(database_url, "base")
+    assert tables(database_url) <= {"alembic_version"}
+    upgrade(database_url)
+    assert {"decisions", "expert_calls"} <= tables(database_url)
+
+
+def test_every_request_is_recorded(database_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path) -> None:
+    config = routed_config(healthy_experts, router_artifact)
+    with running_gateway(config, database_url, tmp_path) as gw:
+        ids = [chat(gw.v1, q, stream=i % 2 == 1).headers["x-moe-decision-id"]
+               for i, q in enumerate([MATH_QUESTION, HISTORY_QUESTION] * 3)]
+    # Shutdown flushed the buffer: no waiting needed.
+    rows = {r.id: r for r in decisions(database_url)}
+    assert set(rows) == set(ids)
+    for i, decision_id in enumerate(ids):
+        row = rows[decision_id]
+        assert row.chosen_expert == ("stem" if i % 2 == 0 else "humanities")
+        assert row.stream == (i % 2 == 1) and row.status == "ok"
+        assert row.router == "embedding-domain" and row.router_version
+        assert [c.status for c in row.calls] == ["ok"] and row.calls[0].expert == row.chosen_expert
+        assert row.completion_tokens and row.cost_usd is not None and row.upstream_ms is not None
+        assert len(row.request_hash) == 64
+
+
+def test_prompts_are_stored_only_when_enabled(sqlite_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path) -> None:
+    with running_gateway(routed_config(healthy_experts, router_artifact), sqlite_url, tmp_path, moe_log_prompts=True) as gw:
+        chat(gw.v1, MATH_QUESTION)
+    assert MATH_QUESTION in (decisions(sqlite_url)[0].prompt or "")
+
+
+def _via_proxy(url: str, port: int) -> str:
+    return make_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+
+def test_postgres_outage_loses_nothing(postgres_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path) -> None:
+    config = routed_config(healthy_experts, router_artifact)
+    real = make_url(postgres_url)
+    with tcp_proxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        url = _via_proxy(postgres_url, proxy.port)
+        with running_gateway(config, url, tmp_path) as gw:
+            before = [chat(gw.v1, MATH_QUESTION).headers["x-moe-decision-id"] for _ in range(3)]
+            wait_for(lambda: len(decisions(postgres_url)) == 3, what="records before the outage")
+
+            proxy.down()
+            during = [chat(gw.v1, HISTORY_QUESTION, stream=i % 2 == 0).headers["x-moe-decision-id"] for i in range(12)]
+            ready = httpx.get(f"{gw.base_url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+            assert ready.json()["decision_log"]["pending"] == 12
+
+            proxy.up()
+            wait_for(lambda: len(decisions(postgres_url)) == 15, timeout_s=30, what="records after the outage")
+            assert httpx.get(f"{gw.base_url}/readyz", timeout=10).json()["checks"]["database"] is True
+    assert sorted(r.id for r in decisions(postgres_url)) == sorted(before + during)
+
+
+def test_overflow_spills_to_disk_and_replays_without_duplicates(postgres_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path) -> None:
+    config = routed_config(healthy_experts, router_artifact)
+    real = make_url(postgres_url)
+    spill = tmp_path / "spill"
+    with tcp_proxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        url = _via_proxy(postgres_url, proxy.port)
+        with running_gateway(config, url, tmp_path, moe_log_buffer=4) as gw:
+            proxy.down()
+            sent = [chat(gw.v1, MATH_QUESTION).headers["x-moe-decision-id"] for _ in range(10)]
+            wait_for(lambda: any(spill.glob("*.jsonl")), what="a spill file")
+        # Shut down while the database is still down: what was buffered spills too.
+        assert decisions(postgres_url) == []
+        spilled = sum(len(p.read_text().splitlines()) for p in spill.glob("*.jsonl"))
+        assert spilled == 10
+
+        proxy.up()
+        with running_gateway(config, url, tmp_path) as gw:
+            wait_for(lambda: not any(spill.glob("*.jsonl")), timeout_s=30, what="the replay")
+            sent.append(chat(gw.v1, HISTORY_QUESTION).headers["x-moe-decision-id"])
+    rows = decisions(postgres_url)
+    assert sorted(r.id for r in rows) == sorted(sent)
+    assert all(r.calls for r in rows)
+
+
+def test_replaying_a_file_twice_duplicates_nothing(sqlite_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path) -> None:
+    """A crash between writing a replayed file and deleting it must not double-count on restart."""
+    from gateway.decision_log import DecisionRecord
+
+    config = routed_config(healthy_experts, router_artifact)
+    with running_gateway(config, sqlite_url, tmp_path) as gw:
+        chat(gw.v1, MATH_QUESTION)
+    row = decisions(sqlite_url)[0]
+    spill = tmp_path / "spill"
+    spill.mkdir(exist_ok=True)
+    record = DecisionRecord(requested_model="moe-auto", request_hash=row.request_hash, stream=False, id=row.id,
+                            created_at=row.created_at, status="ok")
+    (spill / "leftover.jsonl").write_text(record.to_json() + "\n")
+    with running_gateway(config, sqlite_url, tmp_path):
+        wait_for(lambda: not (spill / "leftover.jsonl").exists(), what="the replay")
+    assert [r.id for r in decisions(sqlite_url)] == [row.id]

@@ -1,0 +1,137 @@
+"""A scripted OpenAI-compatible upstream for failure injection and overhead benchmarks (never a user's default).
+
+Behaviour is chosen by the requested model name, so one server can play a healthy expert and a
+broken one at once: names containing `fail500` answer 500, `reject400` answer 400, `slow` wait 5 s
+before answering, `drip` stream one word every 0.3 s, `broken` cut the stream (or the body)
+midway; anything else echoes the last user message.
+
+Run alone for the benchmark: `python -m tests.upstream --port 9100`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+SLOW_S = 5.0
+DRIP_S = 0.3
+
+
+def _reply_text(body: dict) -> str:
+    user = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": ""})
+    content = user["content"] if isinstance(user["content"], str) else " ".join(
+        p.get("text", "") for p in user["content"]
+    )
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), None)
+    prefix = f"[{body['model']}|{system}]" if system else f"[{body['model']}]"
+    return f"{prefix} {content}"
+
+
+def _usage(body: dict, text: str) -> dict:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+    completion = len(text.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def chat(request: Request) -> Response:
+    body = await request.json()
+    model = body["model"]
+    if "fail500" in model:
+        return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+    if "reject400" in model:
+        return JSONResponse({"error": {"message": "prompt too long", "type": "invalid_request_error"}}, status_code=400)
+    if "slow" in model:
+        await asyncio.sleep(SLOW_S)
+    text = _reply_text(body)
+    created = int(time.time())
+    if not body.get("stream"):
+        payload = {
+            "id": "chatcmpl-upstream",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": _usage(body, text),
+        }
+        if "broken" in model:
+            return Response(json.dumps(payload)[:40], media_type="application/json")
+        return JSONResponse(payload)
+
+    async def events() -> AsyncIterator[bytes]:
+        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+            data = {
+                "id": "chatcmpl-upstream",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+            }
+            if usage is not None:
+                data["usage"] = usage
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        yield chunk({"role": "assistant", "content": ""})
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if "broken" in model and i == 2:
+                raise ConnectionResetError("stream cut by the scripted upstream")
+            if "drip" in model:
+                await asyncio.sleep(DRIP_S)
+            yield chunk({"content": word if i == 0 else " " + word})
+        yield chunk({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield chunk({}, usage=_usage(body, text))
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def models(_: Request) -> Response:
+    return JSONResponse({"object": "list", "data": [{"id": "echo", "object": "model", "owned_by": "tests"}]})
+
+
+app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(asgi_app: object = app, port: int | None = None) -> Iterator[str]:
+    """Run an ASGI app on loopback in a background thread; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
