@@ -40,7 +40,7 @@ ARTIFACT = ROOT / "var/routers/embedding-domain"
 
 def questions(n: int) -> list[str]:
     pool = load_pool()
-    texts = [t for t, split in zip(pool.texts, pool.split, strict=True) if split == "test"]
+    texts = list(pool.of_split("test").questions)
     return [texts[i % len(texts)][:1000] for i in range(n)]
 
 

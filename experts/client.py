@@ -24,6 +24,7 @@ litellm.suppress_debug_info = True
 litellm.telemetry = False
 litellm.turn_off_message_logging = True
 
+_CONNECT_FAILURES = ("Cannot connect to host", "Connection refused", "ConnectError", "All connection attempts failed")
 FALLBACK_KINDS = frozenset({"timeout", "refused", "upstream_5xx", "bad_response", "broken_stream"})
 
 
@@ -46,7 +47,8 @@ def classify(exc: BaseException) -> ExpertFailure:
         return ExpertFailure("timeout", message, 504)
     if isinstance(exc, MidStreamFallbackError):
         return ExpertFailure("broken_stream", message, 502)
-    if isinstance(exc, litellm.APIConnectionError) or "Cannot connect to host" in message:
+    # litellm raises APIConnectionError for its own internal failures too: trust only connect errors.
+    if any(sign in message for sign in _CONNECT_FAILURES):
         return ExpertFailure("refused", message, 502)
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and 400 <= status < 500 and status != 408:

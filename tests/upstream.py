@@ -118,10 +118,11 @@ def serve_in_thread(asgi_app: object = app, port: int | None = None) -> Iterator
     server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    # Generous: a gateway loads its routers (torch, the encoder) before it starts listening.
+    deadline = time.monotonic() + 120
     while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start (its startup failed: see the log above)")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
