@@ -48,7 +48,7 @@ class HealthMonitor:
         try:
             response = await client.get(f"{base}/models")
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}" or type(exc).__name__
+            return f"{type(exc).__name__}: {exc}"
         return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
     def any_healthy(self) -> bool:

@@ -15,12 +15,14 @@ from rich.console import Console
 
 from gateway.config import ConfigError, load_config
 from gateway.settings import Settings
+from training.cli import app as router_app
 
 app = typer.Typer(help="Model-routing OpenAI-compatible gateway.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Decision-log database migrations.", no_args_is_help=True)
 experts_app = typer.Typer(help="Local vLLM expert servers.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(experts_app, name="experts")
+app.add_typer(router_app, name="router")
 console = Console(stderr=True)
 
 
@@ -68,14 +70,22 @@ def check_config(path: Annotated[Path | None, typer.Argument(help="config file (
 @experts_app.command("up")
 def experts_up() -> None:
     """Start the vLLM servers listed under `servers:` and keep them running until Ctrl-C."""
-    from experts.launcher import running_servers
+    from experts.launcher import running_servers, wait_any_exit
 
     config = _config_or_exit(Settings())
     with running_servers(config, console=console) as servers:
         for server in servers:
             console.print(f"[green]serving[/green] {server.name}: {', '.join(config.served_names(server.server))} "
                           f"at {server.api_base}")
-        _wait_for_interrupt()
+        if not servers:
+            return
+        try:
+            dead = wait_any_exit(servers)
+        except KeyboardInterrupt:
+            console.print("stopping")
+            return
+    console.print(f"[red]server {dead.name} exited[/red] (code {dead.process.returncode}); log: {dead.log_path}")
+    raise typer.Exit(1)
 
 
 DEMO_QUESTION = "What is the derivative of x^3 + 2x with respect to x?"
@@ -87,8 +97,7 @@ def up(
     once: Annotated[bool, typer.Option(help="exit after the demo answer instead of serving")] = False,
     question: Annotated[str, typer.Option(help="the routed question asked once the gateway is up")] = DEMO_QUESTION,
 ) -> None:
-    """Everything for the embedded default: migrate, train the router if missing, start the experts and
-    the gateway, ask one routed question through the openai SDK, then keep serving."""
+    """Migrate, train the router if missing, start the experts and the gateway, ask one routed question."""
     import threading
 
     import uvicorn
@@ -148,14 +157,6 @@ def _ask(base_url: str, model: str, question: str) -> None:
 @contextmanager
 def _nothing() -> Iterator[list[object]]:
     yield []
-
-
-def _wait_for_interrupt() -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        console.print("stopping")
 
 
 @db_app.command("upgrade")

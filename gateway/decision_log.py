@@ -11,6 +11,7 @@ then, everything left spills.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -141,10 +142,8 @@ class DecisionLog:
     async def _run(self) -> None:
         backoff = self.flush_interval_s
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
             self._wake.clear()
             ok = await self._flush_once()
             if self._stopping and (not ok or not self._buffer):

@@ -1,0 +1,123 @@
+"""The one shape every router trains and is evaluated on, whatever the data's origin.
+
+A `RoutingDataset` holds, per query, a score for each expert's answer (the reward: correctness,
+a reward model's or a judge's grade, user feedback), each answer's cost, tags (subjects, skills)
+and an optional domain label. The MMLU-Pro pool and a user's own JSONL both load into it, so other
+experts and other data need no code change:
+
+    {"query": "...", "scores": {"expert-a": 1.0, "expert-b": 0.0}, "costs": {...}?, "tags": [...]?,
+     "domain": "..."?, "split": "train|dev|test"?}
+
+Rows without `split` are assigned train/dev/test 60/20/20 by a hash of the query (stable across runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from training.pool import SPLITS, Pool, load_pool
+
+
+@dataclass(frozen=True)
+class RoutingDataset:
+    queries: np.ndarray  # str [n]
+    experts: tuple[str, ...]  # [m]
+    scores: np.ndarray  # float [n, m]: quality of each expert's answer, higher is better
+    costs: np.ndarray  # float [n, m]: USD that answer cost (zeros when unknown)
+    tags: tuple[tuple[str, ...], ...]  # [n]: e.g. (category, src subject)
+    domains: np.ndarray  # str [n]: label for domain routers ("" when unknown)
+    split: np.ndarray  # str [n]: train / dev / test
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def subset(self, rows: np.ndarray) -> RoutingDataset:
+        index = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows)
+        return replace(
+            self,
+            queries=self.queries[index],
+            scores=self.scores[index],
+            costs=self.costs[index],
+            tags=tuple(self.tags[i] for i in index),
+            domains=self.domains[index],
+            split=self.split[index],
+        )
+
+    def of_split(self, split: str) -> RoutingDataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+        return self.subset(self.split == split)
+
+    def with_experts(self, names: Sequence[str]) -> RoutingDataset:
+        """Only these experts' columns, in this order (e.g. the small-experts scenario)."""
+        missing = [n for n in names if n not in self.experts]
+        if missing:
+            raise ValueError(f"unknown experts {missing}; known: {list(self.experts)}")
+        cols = [self.experts.index(n) for n in names]
+        return replace(self, experts=tuple(names), scores=self.scores[:, cols], costs=self.costs[:, cols])
+
+    def mean_cost(self) -> np.ndarray:
+        """Per expert, the average cost of one answer: what cost-aware policies expect to pay."""
+        return self.costs.mean(axis=0)
+
+
+def from_pool(pool: Pool | None = None) -> RoutingDataset:
+    pool = pool or load_pool()
+    return RoutingDataset(
+        queries=np.asarray(pool.questions, dtype=object),
+        experts=pool.models,
+        scores=pool.correct.astype(np.float64),
+        costs=np.asarray(pool.cost, dtype=np.float64),
+        tags=tuple((str(c), str(s)) for c, s in zip(pool.categories, pool.src, strict=True)),
+        domains=np.asarray(pool.categories, dtype=object),
+        split=np.asarray(pool.split),
+    )
+
+
+def from_jsonl(path: Path) -> RoutingDataset:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    experts: list[str] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("query"), str) or not isinstance(row.get("scores"), dict) or not row["scores"]:
+            raise ValueError(f"{path}:{i + 1}: each row needs a string `query` and a non-empty `scores` object")
+        experts.extend(name for name in row["scores"] if name not in experts)
+    scores = np.full((len(rows), len(experts)), np.nan)
+    costs = np.zeros((len(rows), len(experts)))
+    for i, row in enumerate(rows):
+        for name, value in row["scores"].items():
+            scores[i, experts.index(name)] = float(value)
+        for name, value in (row.get("costs") or {}).items():
+            if name in experts:
+                costs[i, experts.index(name)] = float(value)
+    if np.isnan(scores).any():
+        i = int(np.argwhere(np.isnan(scores))[0][0])
+        raise ValueError(f"{path}:{i + 1}: every row must score every expert ({experts})")
+    return RoutingDataset(
+        queries=np.array([r["query"] for r in rows], dtype=object),
+        experts=tuple(experts),
+        scores=scores,
+        costs=costs,
+        tags=tuple(tuple(str(t) for t in r.get("tags") or ()) for r in rows),
+        domains=np.array([str(r.get("domain", "")) for r in rows], dtype=object),
+        split=np.array([r.get("split") or _hash_split(r["query"]) for r in rows]),
+    )
+
+
+def _hash_split(query: str) -> str:
+    bucket = int(hashlib.sha256(query.encode()).hexdigest()[:8], 16) % 10
+    return "train" if bucket < 6 else "dev" if bucket < 8 else "test"
+
+
+def load_dataset(source: str | Path | None = None) -> RoutingDataset:
+    """`None` or a pool directory: the MMLU-Pro pool; a `.jsonl` file: the user's own data."""
+    if source is not None and str(source).endswith(".jsonl"):
+        return from_jsonl(Path(source))
+    return from_pool(load_pool(source))
