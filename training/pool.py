@@ -1,0 +1,145 @@
+"""The shared MMLU-Pro expert pool: questions, seven models' recorded answers, prices and fixed splits.
+
+See the pool's README.md. Costs follow its reference table exactly: tokens = ceil(chars / 4) of the
+prompt (the question followed directly by its options joined with newlines) plus ceil(chars / 4)
+of the model's generated answer, at the model's price per 1M tokens. Parsed pools are kept in memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+POOL_DIR_ENV = "MOE_POOL_DIR"
+SPLITS = ("train", "dev", "test")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_pool_dir() -> Path:
+    return Path(os.environ.get(POOL_DIR_ENV) or _REPO_ROOT.parent / "shared" / "data" / "mmlu_pro_pool")
+
+
+def prompt_chars(question: str, options: list[str]) -> int:
+    """Characters of the prompt as the pool prices it (reproduces the README's reference costs)."""
+    return len(question) + len("\n".join(options))
+
+
+def tokens_estimate(chars: int) -> int:
+    return math.ceil(chars / 4)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One row per question, one column per model; arrays are read-only views meant to be sliced."""
+
+    question_ids: np.ndarray  # int64 [n]
+    questions: np.ndarray  # str [n]: the question stem, what routers embed
+    options: tuple[tuple[str, ...], ...]
+    categories: np.ndarray  # str [n]: the 14 MMLU-Pro categories
+    src: np.ndarray  # str [n]: origin subject, e.g. ori_mmlu-high_school_physics
+    models: tuple[str, ...]
+    prices: np.ndarray  # float [m]: USD per 1M tokens
+    correct: np.ndarray  # bool [n, m]
+    cost: np.ndarray  # float [n, m]: USD for that model to answer that question
+    split: np.ndarray  # str [n]: train / dev / test
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+    def mask(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+        return self.split == split
+
+    def subset(self, rows: np.ndarray) -> Pool:
+        """The pool restricted to `rows` (a boolean mask or integer indices)."""
+        indices = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows)
+        return Pool(
+            question_ids=self.question_ids[indices],
+            questions=self.questions[indices],
+            options=tuple(self.options[i] for i in indices),
+            categories=self.categories[indices],
+            src=self.src[indices],
+            models=self.models,
+            prices=self.prices,
+            correct=self.correct[indices],
+            cost=self.cost[indices],
+            split=self.split[indices],
+        )
+
+    def of_split(self, split: str) -> Pool:
+        return self.subset(self.mask(split))
+
+    def accuracy(self) -> dict[str, float]:
+        return dict(zip(self.models, self.correct.mean(axis=0).tolist(), strict=True))
+
+    def cost_per_1k(self) -> dict[str, float]:
+        return dict(zip(self.models, (self.cost.mean(axis=0) * 1000).tolist(), strict=True))
+
+    def oracle_choice(self) -> np.ndarray:
+        """Per question, the model index of the cheapest right answer (the cheapest answer if none is right)."""
+        cheapest_right = np.argmin(np.where(self.correct, self.cost, np.inf), axis=1)
+        return np.where(self.correct.any(axis=1), cheapest_right, np.argmin(self.cost, axis=1))
+
+
+def load_pool(pool_dir: Path | str | None = None) -> Pool:
+    """Parse the pool once per process and directory; later calls return the same object."""
+    return _load(Path(pool_dir or default_pool_dir()).resolve())
+
+
+@cache
+def _load(pool_dir: Path) -> Pool:
+    if not (pool_dir / "questions.jsonl.gz").is_file():
+        raise FileNotFoundError(f"no MMLU-Pro pool at {pool_dir} (set {POOL_DIR_ENV} or pass --pool-dir)")
+    rows = _read_jsonl(pool_dir / "questions.jsonl.gz")
+    ids = np.array([row["question_id"] for row in rows], dtype=np.int64)
+    position = {int(qid): i for i, qid in enumerate(ids)}
+    prompt_tokens = np.array([tokens_estimate(prompt_chars(r["question"], r["options"])) for r in rows])
+
+    catalogue = json.loads((pool_dir / "models.json").read_text())["models"]
+    models = tuple(m["name"] for m in catalogue)
+    prices = np.array([m["price_per_mtok"] for m in catalogue], dtype=np.float64)
+    correct = np.zeros((len(rows), len(models)), dtype=bool)
+    answer_tokens = np.zeros((len(rows), len(models)), dtype=np.int64)
+    for j, model in enumerate(models):
+        answered = np.zeros(len(rows), dtype=bool)
+        for response in _read_jsonl(pool_dir / "responses" / f"{model}.jsonl.gz"):
+            i = position[response["question_id"]]
+            answered[i] = True
+            correct[i, j] = response["correct"]
+            answer_tokens[i, j] = tokens_estimate(len(response["generated_text"] or ""))
+        if not answered.all():
+            raise ValueError(f"{model} has no response for {int((~answered).sum())} questions")
+
+    split = np.full(len(rows), "", dtype=object)
+    for name, split_ids in json.loads((pool_dir / "splits.json").read_text()).items():
+        split[[position[qid] for qid in split_ids]] = name
+
+    pool = Pool(
+        question_ids=ids,
+        questions=np.array([r["question"] for r in rows], dtype=object),
+        options=tuple(tuple(r["options"]) for r in rows),
+        categories=np.array([r["category"] for r in rows], dtype=object),
+        src=np.array([r["src"] for r in rows], dtype=object),
+        models=models,
+        prices=prices,
+        correct=correct,
+        cost=prices * (prompt_tokens[:, None] + answer_tokens) / 1e6,
+        split=split.astype(str),
+    )
+    for array in vars(pool).values():
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False  # the cached pool is shared by every caller
+    return pool
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
