@@ -11,11 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from experts.health import HealthMonitor
 from gateway.config import GatewayConfig, load_config
 from gateway.decision_log import DecisionLog, make_engine
 from gateway.errors import BodyLimit, install_error_handlers
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from gateway.serving import ChatService
 from gateway.settings import Settings
@@ -58,13 +60,16 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         health = HealthMonitor(config.experts, settings.moe_health_interval_s)
         await decision_log.start()
         await health.start()
-        app.state.service = ChatService(config, routers, decision_log, health, log_prompts=settings.moe_log_prompts)
+        app.state.service = ChatService(
+            config, routers, decision_log, health, metrics=metrics, log_prompts=settings.moe_log_prompts
+        )
         try:
             yield
         finally:
             await health.stop()
             await decision_log.stop()
 
+    metrics = GatewayMetrics()
     app = FastAPI(title="moe-gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes)
@@ -91,6 +96,15 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             for e in config.experts
         ]
         return {"object": "list", "data": virtual + experts}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        service: ChatService | None = getattr(request.app.state, "service", None)
+        if service is not None:
+            metrics.decision_log_pending.set(service.decision_log.pending)
+            for name, health in service.health.status.items():
+                metrics.expert_up.labels(name).set(1 if health.healthy else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -23,6 +23,7 @@ from experts.health import HealthMonitor
 from gateway.config import ExpertConfig, GatewayConfig, VirtualModelConfig
 from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall
 from gateway.errors import APIError, error_body
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from routers.base import Decision, Router
 
@@ -58,16 +59,23 @@ class ChatService:
         decision_log: DecisionLog,
         health: HealthMonitor,
         *,
+        metrics: GatewayMetrics,
         log_prompts: bool = False,
     ) -> None:
         self.config = config
         self.routers = dict(routers)
         self.decision_log = decision_log
         self.health = health
+        self.metrics = metrics
         self.log_prompts = log_prompts
         self.clients = {e.name: ExpertClient(e) for e in config.experts}
         self._virtual = {v.name: v for v in config.virtual_models}
         self._experts = {e.name: e for e in config.experts}
+
+    def _record(self, record: DecisionRecord) -> None:
+        """The one exit of every routed request: metrics, then the decision log."""
+        self.metrics.observe(record)
+        self.decision_log.record(record)
 
     # -- resolution and routing ---------------------------------------------------------------
     def resolve(self, model: str) -> Target:
@@ -154,7 +162,7 @@ class ChatService:
             record.status, record.http_status = "client_disconnected", 499
             return JSONResponse({}, status_code=499)
         finally:
-            self.decision_log.record(record)
+            self._record(record)
 
     async def _complete(self, body: ChatCompletionRequest, target: Target, record: DecisionRecord) -> dict[str, Any]:
         candidates = await self._route(target, body, record)
@@ -195,14 +203,14 @@ class ChatService:
             opened = await _unless_disconnected(request, self._open_stream(body, target, record))
         except APIError as error:
             self._fail(record, error, "error")
-            self.decision_log.record(record)
+            self._record(record)
             return JSONResponse(error.body(), status_code=error.status, headers=self._headers(record))
         except ClientGone:
             record.status, record.http_status = "client_disconnected", 499
-            self.decision_log.record(record)
+            self._record(record)
             return JSONResponse({}, status_code=499)
         except BaseException:
-            self.decision_log.record(record)
+            self._record(record)
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
@@ -274,7 +282,7 @@ class ChatService:
             if usage:
                 call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
             self._finish(record, usage, started)
-            self.decision_log.record(record)
+            self._record(record)
 
 
 @dataclass

@@ -47,6 +47,10 @@ def test_falls_back_to_next_ranked(upstream: str, router_artifact: Path, sqlite_
     config = routed_config(experts_with_failing_stem(upstream, model, **extra), router_artifact)
     with running_gateway(config, sqlite_url, tmp_path) as gw:
         raw = ask(gw.v1)
+        metrics = httpx.get(f"{gw.base_url}/metrics").text
+    assert f'llm_expert_call_errors_total{{expert="stem",kind="{kind}"}} 1.0' in metrics
+    assert 'llm_model_fallbacks_total{router="embedding-domain",virtual_model="moe-auto"} 1.0' in metrics
+    assert 'llm_model_requests_total{expert="general",router="embedding-domain",status="ok",virtual_model="moe-auto"} 1.0' in metrics
     assert raw.headers["x-moe-expert"] == "general"
     assert raw.parse().choices[0].message.content == f"[echo-general] {MATH_QUESTION}"
     record = only_record(sqlite_url)
