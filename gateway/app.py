@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.decision_log import DecisionLog, make_engine
 from gateway.errors import BodyLimit, install_error_handlers
 from gateway.metrics import GatewayMetrics
+from gateway.overload import InFlight, InFlightLimit
 from gateway.protocol import ChatCompletionRequest
 from gateway.serving import ChatService
 from gateway.settings import Settings
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app = FastAPI(title="moe-gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes)
+    in_flight = InFlight(settings.moe_max_in_flight)
+    app.add_middleware(InFlightLimit, state=in_flight)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -102,6 +105,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         service: ChatService | None = getattr(request.app.state, "service", None)
         if service is not None:
             metrics.decision_log_pending.set(service.decision_log.pending)
+            metrics.in_flight.set(in_flight.current)
+            metrics.overload_rejections.set(in_flight.rejected)
             for name, health in service.health.status.items():
                 metrics.expert_up.labels(name).set(1 if health.healthy else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -127,6 +132,6 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             "decision_log": {"pending": service.decision_log.pending, "spilled_files": len(service.decision_log.spilled_files())},
         }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, **detail}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, "checks": checks, "in_flight": in_flight.current, **detail}, status_code=200 if ready else 503)
 
     return app

@@ -34,6 +34,9 @@ class GatewayMetrics:
                                  ("virtual_model", "router"), registry=self.registry)
         self.decision_log_pending = Gauge("llm_decision_log_pending", "Decision records not yet written",
                                           registry=self.registry)
+        self.in_flight = Gauge("llm_requests_in_flight", "Chat requests being served", registry=self.registry)
+        self.overload_rejections = Gauge("llm_requests_rejected_overload", "Requests refused with 429 since start",
+                                         registry=self.registry)
         self.expert_up = Gauge("llm_expert_healthy", "1 when the expert's server answered its last probe", ("expert",),
                                registry=self.registry)
 

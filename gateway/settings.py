@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///var/moe.db", description="SQLAlchemy URL of the decision log")
     redis_url: str | None = Field(None, description="shared state for several replicas (optional)")
     moe_log_prompts: bool = Field(False, description="store prompt text in decision records")
+    moe_max_in_flight: int = Field(256, gt=0, description="chat requests served at once; more get 429 + Retry-After")
     moe_max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
     moe_spill_dir: Path = Field(Path("var/spill"), description="decision records wait here while the DB is down")
     moe_log_buffer: int = Field(10_000, gt=0, description="records held in memory before spilling to disk")

@@ -157,3 +157,33 @@ def test_client_disconnect_mid_stream(upstream: str, router_artifact: Path, sqli
     assert record.status == "client_disconnected" and record.stream
     assert [(c.expert, c.status) for c in record.calls] == [("stem", "cancelled")]
     assert record.ttft_ms is not None
+
+
+def test_overload_is_a_paced_429(upstream: str, router_artifact: Path, sqlite_url: str, tmp_path: Path) -> None:
+    """Past the in-flight bound the gateway refuses at once, OpenAI-shaped, with Retry-After."""
+    import concurrent.futures
+
+    config = routed_config(experts_with_failing_stem(upstream, "drip"), router_artifact)
+    body = {"model": "moe-auto", "stream": True, "messages": [{"role": "user", "content": MATH_QUESTION}]}
+    with running_gateway(config, sqlite_url, tmp_path, moe_max_in_flight=2) as gw:
+
+        def slow_stream() -> int:
+            with httpx.stream("POST", f"{gw.v1}/chat/completions", json=body, timeout=30) as response:
+                for _ in response.iter_lines():
+                    pass
+                return response.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            holders = [pool.submit(slow_stream) for _ in range(2)]
+            wait_for(lambda: _in_flight(gw) == 2, what="two streams in flight")
+            refused = httpx.post(f"{gw.v1}/chat/completions", json={**body, "stream": False}, timeout=10)
+            assert [h.result() for h in holders] == [200, 200]
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
+        # Slots are released when streams end: a new request is served again.
+        assert httpx.post(f"{gw.v1}/chat/completions", json={**body, "stream": False}, timeout=30).status_code == 200
+
+
+def _in_flight(gw: Any) -> int:
+    ready = httpx.get(f"{gw.base_url}/readyz", timeout=5).json()
+    return ready["in_flight"]
