@@ -23,6 +23,7 @@ from gateway.protocol import ChatCompletionRequest
 from gateway.serving import ChatService
 from gateway.settings import Settings
 from routers import Router, load_router
+from routers.policy import parse_knob
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ def load_routers(config: GatewayConfig) -> dict[str, Router]:
             )
         routers[rc.name] = load_router(rc.artifact, profiles)
         log.info("router %s loaded (%s@%s)", rc.name, routers[rc.name].name, routers[rc.name].version)
+    for vm in config.virtual_models:
+        manifest = routers[vm.router].manifest
+        if vm.policy:
+            try:
+                parse_knob(vm.policy, manifest.params.get("calibration") if manifest else None)
+            except ValueError as exc:
+                raise StartupError(f"virtual model {vm.name!r}: {exc}") from None
     return routers
 
 

@@ -60,8 +60,9 @@ class RouterConfig(_Strict):
 
 
 class VirtualModelConfig(_Strict):
-    name: str
+    name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob per request
     router: str
+    policy: str | None = Field(None, description="default cost knob, e.g. 0.3, m0.05 or q95 (see routers/policy.py)")
     description: str = ""
 
 

@@ -54,6 +54,7 @@ class DecisionRecord:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     virtual_model: str | None = None
+    policy: str | None = None
     router: str | None = None
     router_version: str | None = None
     ranked: list[dict[str, Any]] = field(default_factory=list)

@@ -23,6 +23,7 @@ class DecisionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     requested_model: Mapped[str] = mapped_column(String(200))
     virtual_model: Mapped[str | None] = mapped_column(String(200), index=True)
+    policy: Mapped[str | None] = mapped_column(String(50))  # the cost knob the request asked for
     router: Mapped[str | None] = mapped_column(String(100))
     router_version: Mapped[str | None] = mapped_column(String(100))
     ranked: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)

@@ -26,6 +26,7 @@ from gateway.errors import APIError, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from routers.base import Decision, Router
+from routers.policy import CostPolicy, parse_knob
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Target:
     virtual_model: VirtualModelConfig | None = None
     router: Router | None = None
     expert: ExpertConfig | None = None
+    knob: str | None = None
+    policy: CostPolicy | None = None
 
 
 class ClientGone(Exception):
@@ -79,10 +82,20 @@ class ChatService:
 
     # -- resolution and routing ---------------------------------------------------------------
     def resolve(self, model: str) -> Target:
-        if vm := self._virtual.get(model):
-            return Target(model, virtual_model=vm, router=self.routers[vm.router])
+        """`moe-auto`, `moe-auto:<cost knob>` (e.g. `:0.3`, `:q95`), or an expert's own name."""
         if expert := self._experts.get(model):
             return Target(model, expert=expert)
+        name, _, knob = model.partition(":")
+        if vm := self._virtual.get(name):
+            router = self.routers[vm.router]
+            knob = knob or vm.policy
+            if not knob:
+                return Target(model, virtual_model=vm, router=router)
+            try:
+                policy = parse_knob(knob, router.manifest.params.get("calibration") if router.manifest else None)
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="model", code="invalid_cost_knob") from None
+            return Target(model, virtual_model=vm, router=router, knob=knob, policy=policy)
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
     async def _route(self, target: Target, body: ChatCompletionRequest, record: DecisionRecord) -> list[str]:
@@ -93,7 +106,7 @@ class ChatService:
             return [target.expert.name]
         started = time.perf_counter()
         messages = body.wire_messages()
-        decision: Decision = await asyncio.to_thread(target.router.decide, messages)
+        decision: Decision = await asyncio.to_thread(target.router.decide, messages, target.policy)
         record.routing_ms = _ms(started)
         record.router = decision.router
         record.router_version = decision.version
@@ -110,6 +123,7 @@ class ChatService:
         return DecisionRecord(
             requested_model=target.requested,
             virtual_model=target.virtual_model.name if target.virtual_model else None,
+            policy=target.knob,
             request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
             stream=body.stream,
             prompt=json.dumps(body.wire_messages()) if self.log_prompts else None,

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from routers.policy import CostPolicy, expected_cost
+
 MANIFEST = "router.json"
 
 
@@ -137,10 +139,18 @@ class Router(ABC):
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Shape (len(texts), len(self.experts)): how good each expert is expected to be."""
 
-    def decide(self, messages: Sequence[Mapping[str, Any]]) -> Decision:
+    def expected_cost(self) -> np.ndarray:
+        """USD per query for each expert, what a cost-aware policy trades quality against."""
+        return expected_cost(self.experts, self.manifest)
+
+    def decide(self, messages: Sequence[Mapping[str, Any]], policy: CostPolicy | None = None) -> Decision:
+        """Rank the experts by predicted quality, or by `policy` (quality traded against expected cost)."""
         started = time.perf_counter()
         scores = self.score([query_text(messages)])[0]
-        order = np.argsort(-scores, kind="stable")
+        if policy is None:
+            order = np.argsort(-scores, kind="stable")
+        else:
+            order = policy.rank(scores, self.expected_cost())
         ranked = [ExpertScore(self.experts[i].name, float(scores[i])) for i in order]
         total = float(np.sum(np.clip(scores, 0, None)))
         confidence = ranked[0].score / total if total > 0 else 0.0

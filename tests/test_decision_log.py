@@ -9,7 +9,9 @@ import httpx
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
-from gateway.migrate import downgrade, upgrade
+from alembic import command
+
+from gateway.migrate import alembic_config, downgrade, upgrade
 from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, routed_config, running_gateway, wait_for
 from tests.tcp_proxy import tcp_proxy
 
@@ -19,6 +21,14 @@ def chat(v1: str, question: str, stream: bool = False) -> httpx.Response:
     response = httpx.post(f"{v1}/chat/completions", json=body, timeout=10)
     assert response.status_code == 200, response.text
     return response
+
+
+def columns(url: str, table: str) -> list[dict[str, Any]]:
+    engine = create_engine(url)
+    try:
+        return inspect(engine).get_columns(table)
+    finally:
+        engine.dispose()
 
 
 def tables(url: str) -> set[str]:
@@ -32,6 +42,11 @@ def tables(url: str) -> set[str]:
 def test_migrations_up_and_down(database_url: str) -> None:
     upgrade(database_url)
     assert {"decisions", "expert_calls", "alembic_version"} <= tables(database_url)
+    command.check(alembic_config(database_url))  # the models and the migrations describe the same schema
+    downgrade(database_url, "0001")
+    assert "policy" not in {c["name"] for c in columns(database_url, "decisions")}
+    upgrade(database_url)
+    assert "policy" in {c["name"] for c in columns(database_url, "decisions")}
     downgrade(database_url, "base")
     assert tables(database_url) <= {"alembic_version"}
     upgrade(database_url)

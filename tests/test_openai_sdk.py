@@ -122,6 +122,27 @@ def test_tools_and_multi_turn_are_accepted(client: openai.OpenAI) -> None:
     assert completion.choices[0].message.content.endswith("And tomorrow?")
 
 
+def test_cost_knob_in_the_model_name(client: openai.OpenAI, sqlite_url: str) -> None:
+    """`moe-auto:<lambda>` trades predicted quality for price: a large lambda leaves the dearer stem expert."""
+    quality = client.chat.completions.with_raw_response.create(
+        model="moe-auto:0", messages=[{"role": "user", "content": MATH_QUESTION}]
+    )
+    thrifty = client.chat.completions.with_raw_response.create(
+        model="moe-auto:100000", messages=[{"role": "user", "content": MATH_QUESTION}]
+    )
+    assert quality.headers["x-moe-expert"] == "stem"  # price 0.2 per 1M tokens
+    assert thrifty.headers["x-moe-expert"] in {"humanities", "general"}  # price 0.1
+    wait_for(lambda: len(decisions(sqlite_url)) == 2, what="both records")
+    assert [r.policy for r in decisions(sqlite_url)] == ["0", "100000"]
+
+
+@pytest.mark.parametrize("model", ["moe-auto:lots", "moe-auto:q95", "moe-auto:-1"])
+def test_bad_cost_knob_is_a_400_naming_the_model(client: openai.OpenAI, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "invalid_cost_knob" and info.value.param == "model"
+
+
 def test_unknown_model_is_openai_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])

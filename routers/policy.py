@@ -1,0 +1,147 @@
+"""The one cost-aware policy every router decides with: predicted quality traded against expected cost.
+
+A router predicts a quality per expert; the policy turns that into a choice (and a full ranking, for
+the gateway's fallback) knowing what each expert is expected to cost per query:
+
+- lambda rule: maximise  quality - lam * cost, with cost in USD per 1k queries, so that lam reads as
+  "quality points I give up to save $1 per 1k queries" (lam = 0 is pure quality);
+- margin rule: the cheapest expert whose predicted quality is within `margin` of the best.
+
+A knob text selects a policy per request (the virtual model name's suffix, `moe-reward:0.3`):
+`"0.3"` is lam 0.3, `"m0.05"` the margin rule, `"q95"` the lam calibrated on dev so that the router
+reaches 95% of the best single expert's dev quality at the lowest cost (table in the manifest's
+`params["calibration"]`, written by `calibrate`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from routers.base import ExpertProfile, Manifest
+    from training.dataset import RoutingDataset
+
+QUERIES_PER_COST_UNIT = 1000  # lam is per USD per 1k queries
+# Without measured costs, a query is priced as this many tokens at the expert's price per 1M tokens,
+# which makes an expert's USD per 1k queries equal to its price_per_mtok.
+ASSUMED_TOKENS_PER_QUERY = 1000
+DEFAULT_TARGETS: dict[str, float] = {"q90": 0.90, "q95": 0.95, "q100": 1.00}
+_TARGET_KNOB = re.compile(r"q\d+(\.\d+)?")
+
+
+@dataclass(frozen=True)
+class CostPolicy:
+    """`lam` (lambda rule) unless `margin` is set (margin rule)."""
+
+    lam: float = 0.0
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"lambda must be a finite number >= 0, not {self.lam}")
+        if self.margin is not None and (not math.isfinite(self.margin) or self.margin < 0):
+            raise ValueError(f"margin must be a finite number >= 0, not {self.margin}")
+
+    def choose(self, quality: np.ndarray, expected_cost: np.ndarray) -> np.ndarray:
+        """Per row of `quality` [n, m], the index of the chosen expert; `expected_cost` [m] in USD per query."""
+        quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
+        cost = _per_1k(expected_cost, quality.shape[1])
+        if self.margin is None:
+            return np.argmax(quality - self.lam * cost, axis=1)
+        eligible = quality >= quality.max(axis=1, keepdims=True) - self.margin
+        # Ties in cost go to the better-predicted expert.
+        key = np.where(eligible, cost - 1e-12 * quality, np.inf)
+        return np.argmin(key, axis=1)
+
+    def rank(self, quality: np.ndarray, expected_cost: np.ndarray) -> np.ndarray:
+        """Every expert's index for one query [m], best first: the chosen one, then the fallbacks."""
+        quality = np.asarray(quality, dtype=np.float64)
+        cost = _per_1k(expected_cost, len(quality))
+        if self.margin is None:
+            return np.argsort(-(quality - self.lam * cost), kind="stable")
+        eligible = quality >= quality.max() - self.margin
+        by_cost = [i for i in np.lexsort((-quality, cost)) if eligible[i]]
+        by_quality = [i for i in np.argsort(-quality, kind="stable") if not eligible[i]]
+        return np.array(by_cost + by_quality, dtype=np.int64)
+
+
+def _per_1k(expected_cost: np.ndarray, m: int) -> np.ndarray:
+    cost = np.asarray(expected_cost, dtype=np.float64) * QUERIES_PER_COST_UNIT
+    if cost.shape != (m,):
+        raise ValueError(f"expected_cost has shape {cost.shape}, the quality has {m} experts")
+    return cost
+
+
+def expected_cost(experts: Sequence[ExpertProfile], manifest: Manifest | None) -> np.ndarray:
+    """USD per query for each expert (in `experts` order): the manifest's measured `mean_cost` when it
+    covers every expert, else a price-based estimate (`ASSUMED_TOKENS_PER_QUERY` at `price_per_mtok`)."""
+    measured = (manifest.params.get("mean_cost") if manifest else None) or []
+    by_name = dict(zip(manifest.experts, measured, strict=False)) if manifest else {}
+    if all(expert.name in by_name for expert in experts):
+        return np.array([float(by_name[expert.name]) for expert in experts])
+    return np.array([expert.price_per_mtok * ASSUMED_TOKENS_PER_QUERY / 1e6 for expert in experts])
+
+
+def parse_knob(text: str, calibration: Mapping[str, float] | None = None) -> CostPolicy:
+    """`"0.3"` -> lam 0.3; `"m0.05"` -> margin 0.05; `"q95"` -> the calibrated lam for that target."""
+    knob = text.strip().lower()
+    if _TARGET_KNOB.fullmatch(knob):
+        if not calibration or knob not in calibration:
+            known = ", ".join(sorted(calibration or {})) or "none: the router was not calibrated"
+            raise ValueError(f"no calibrated cost knob {knob!r} for this router (known: {known})")
+        return CostPolicy(lam=float(calibration[knob]))
+    try:
+        if knob.startswith("m"):
+            return CostPolicy(margin=float(knob[1:]))
+        return CostPolicy(lam=float(knob))
+    except ValueError as error:
+        raise ValueError(
+            f"bad cost knob {text!r}: use a lambda (0.3), a margin (m0.05) or a calibrated target (q95): {error}"
+        ) from None
+
+
+def lambda_grid(quality: np.ndarray, expected_cost: np.ndarray, points: int = 200) -> np.ndarray:
+    """lam values from 0 (pure quality) to one large enough that every query goes to the cheapest expert."""
+    cost = np.unique(np.asarray(expected_cost, dtype=np.float64) * QUERIES_PER_COST_UNIT)
+    gaps = np.diff(cost)
+    if not len(gaps) or not (gaps > 0).any():
+        return np.zeros(1)  # one price for everyone: cost cannot change a choice
+    spread = float(np.ptp(quality)) or 1.0
+    largest = 2 * spread / gaps[gaps > 0].min()
+    return np.concatenate([[0.0], np.geomspace(largest * 1e-6, largest, points - 1)])
+
+
+def calibrate(
+    scores_dev: np.ndarray,
+    dev: RoutingDataset,
+    targets: Mapping[str, float] = DEFAULT_TARGETS,
+    *,
+    expected_cost: np.ndarray | None = None,
+) -> dict[str, float]:
+    """For each named target fraction t, the lam that reaches t x the best single expert's dev quality
+    at the lowest dev cost (the lam of best quality when no lam reaches it).
+
+    `scores_dev` [n, m] are the router's predictions for `dev`'s rows, columns in `dev.experts` order;
+    `expected_cost` is what `decide` will use (default: dev's mean cost per expert).
+    """
+    cost = dev.mean_cost() if expected_cost is None else np.asarray(expected_cost, dtype=np.float64)
+    best_single = float(dev.scores.mean(axis=0).max())
+    rows = np.arange(len(dev))
+    settings = []  # (quality, cost, lam) per lam
+    for lam in lambda_grid(scores_dev, cost):
+        chosen = CostPolicy(lam=float(lam)).choose(scores_dev, cost)
+        settings.append((dev.scores[rows, chosen].mean(), dev.costs[rows, chosen].mean(), float(lam)))
+    table = {}
+    for name, fraction in targets.items():
+        reaching = [s for s in settings if s[0] >= fraction * best_single - 1e-12]
+        # Cheapest setting that reaches the target; ties go to the larger lam (the safer saving).
+        table[name] = (
+            min(reaching, key=lambda s: (s[1], -s[2]))[2] if reaching else max(settings, key=lambda s: (s[0], s[2]))[2]
+        )
+    return table
