@@ -22,6 +22,7 @@ from gateway.overload import InFlight, InFlightLimit
 from gateway.protocol import ChatCompletionRequest
 from gateway.serving import ChatService
 from gateway.settings import Settings
+from gateway.shared_state import BreakerSettings, SharedState
 from routers import Router, load_router
 from routers.policy import parse_knob
 
@@ -67,15 +68,21 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             flush_interval_s=settings.moe_log_flush_s,
         )
         health = HealthMonitor(config.experts, settings.moe_health_interval_s)
+        breaker = BreakerSettings(
+            settings.moe_breaker_threshold, settings.moe_breaker_window_s, settings.moe_breaker_cooldown_s
+        )
+        state = SharedState(settings.redis_url, cache_ttl_s=settings.moe_cache_ttl_s, breaker=breaker)
         await decision_log.start()
         await health.start()
+        await state.start()
         app.state.service = ChatService(
-            config, routers, decision_log, health, metrics=metrics, log_prompts=settings.moe_log_prompts
+            config, routers, decision_log, health, state, metrics=metrics, log_prompts=settings.moe_log_prompts
         )
         try:
             yield
         finally:
             await health.stop()
+            await state.stop()
             await decision_log.stop()
 
     metrics = GatewayMetrics()
@@ -114,6 +121,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         if service is not None:
             metrics.decision_log_pending.set(service.decision_log.pending)
             metrics.in_flight.set(in_flight.current)
+            metrics.redis_up.set(1 if service.state.redis_ok else 0)
             metrics.overload_rejections.set(in_flight.rejected)
             for name, health in service.health.status.items():
                 metrics.expert_up.labels(name).set(1 if health.healthy else 0)
@@ -135,11 +143,13 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             "database": database,
             "experts": service.health.any_healthy(),
         }
+        # Redis is optional: when configured but down the gateway still serves (cache off, local breakers).
+        redis = {"configured": service.state.configured, "reachable": service.state.redis_ok}
         detail = {
             "experts": {n: {"healthy": h.healthy, "error": h.error} for n, h in service.health.status.items()},
             "decision_log": {"pending": service.decision_log.pending, "spilled_files": len(service.decision_log.spilled_files())},
         }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, "in_flight": in_flight.current, **detail}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, "checks": checks, "redis": redis, "in_flight": in_flight.current, **detail}, status_code=200 if ready else 503)
 
     return app

@@ -67,6 +67,7 @@ class DecisionRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None
+    cache_hit: bool | None = None  # None when the cache was not consulted
     status: str = "pending"
     http_status: int = 200
     error: str | None = None

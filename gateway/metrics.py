@@ -27,6 +27,8 @@ class GatewayMetrics:
         self.ttft = Histogram("llm_model_ttft_seconds", "Time to first token", labels,
                               buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("llm_model_tokens", "Tokens by kind", (*labels, "kind"), registry=self.registry)
+        self.cache = Counter("llm_cache_lookups", "Response cache lookups", ("virtual_model", "result"),
+                             registry=self.registry)
         self.cost = Counter("llm_model_cost_usd", "Cost in USD", labels, registry=self.registry)
         self.expert_errors = Counter("llm_expert_call_errors", "Failed expert calls by kind", ("expert", "kind"),
                                      registry=self.registry)
@@ -37,12 +39,15 @@ class GatewayMetrics:
         self.in_flight = Gauge("llm_requests_in_flight", "Chat requests being served", registry=self.registry)
         self.overload_rejections = Gauge("llm_requests_rejected_overload", "Requests refused with 429 since start",
                                          registry=self.registry)
+        self.redis_up = Gauge("llm_redis_reachable", "1 when the shared-state Redis answers", registry=self.registry)
         self.expert_up = Gauge("llm_expert_healthy", "1 when the expert's server answered its last probe", ("expert",),
                                registry=self.registry)
 
     def observe(self, record: DecisionRecord) -> None:
         vm, router, expert = record.virtual_model or "-", record.router or "-", record.chosen_expert or "-"
         self.requests.labels(vm, router, expert, record.status).inc()
+        if record.cache_hit is not None:
+            self.cache.labels(vm, "hit" if record.cache_hit else "miss").inc()
         if record.routing_ms is not None:
             self.routing.labels(vm, router).observe(record.routing_ms / 1000)
         if record.status == "ok":

@@ -37,6 +37,7 @@ class DecisionRow(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    cache_hit: Mapped[bool | None] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(40), index=True)
     http_status: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -25,8 +25,11 @@ from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall
 from gateway.errors import APIError, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
+from gateway.shared_state import SharedState
 from routers.base import Decision, Router
 from routers.policy import CostPolicy, parse_knob
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Target:
     expert: ExpertConfig | None = None
     knob: str | None = None
     policy: CostPolicy | None = None
+    use_cache: bool = False
 
 
 class ClientGone(Exception):
@@ -61,6 +65,7 @@ class ChatService:
         routers: Mapping[str, Router],
         decision_log: DecisionLog,
         health: HealthMonitor,
+        state: SharedState,
         *,
         metrics: GatewayMetrics,
         log_prompts: bool = False,
@@ -69,6 +74,7 @@ class ChatService:
         self.routers = dict(routers)
         self.decision_log = decision_log
         self.health = health
+        self.state = state
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.clients = {e.name: ExpertClient(e) for e in config.experts}
@@ -81,6 +87,12 @@ class ChatService:
         self.decision_log.record(record)
 
     # -- resolution and routing ---------------------------------------------------------------
+    def target(self, body: ChatCompletionRequest, request: Request) -> Target:
+        """What the request asks for: its model resolved, and whether the response cache may answer it."""
+        # Cache-Control: no-cache / no-store opts one request out of the cache, both ways.
+        opted_out = any(d in request.headers.get("cache-control", "") for d in ("no-cache", "no-store"))
+        return replace(self.resolve(body.model), use_cache=self.state.configured and not opted_out)
+
     def resolve(self, model: str) -> Target:
         """`moe-auto`, `moe-auto:<cost knob>` (e.g. `:0.3`, `:q95`), or an expert's own name."""
         if expert := self._experts.get(model):
@@ -99,7 +111,7 @@ class ChatService:
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
     async def _route(self, target: Target, body: ChatCompletionRequest, record: DecisionRecord) -> list[str]:
-        """Experts to try, best first; experts known to be down go last rather than nowhere."""
+        """Experts to try, best first; experts known to be down (probe or breaker) go last rather than nowhere."""
         if target.router is None:
             assert target.expert is not None
             record.chosen_expert = target.expert.name
@@ -115,7 +127,8 @@ class ChatService:
         record.confidence = decision.confidence
         ranked = [decision.chosen] + [s.name for s in decision.ranked if s.name != decision.chosen]
         ranked = [name for name in ranked if name in self.clients]
-        up = [n for n in ranked if self.health.status[n].healthy]
+        tripped = await self.state.open_breakers(ranked)
+        up = [n for n in ranked if self.health.status[n].healthy and n not in tripped]
         return up + [n for n in ranked if n not in up]
 
     def _new_record(self, body: ChatCompletionRequest, target: Target) -> DecisionRecord:
@@ -135,6 +148,8 @@ class ChatService:
             headers["x-moe-expert"] = record.chosen_expert
         if record.router:
             headers["x-moe-router"] = f"{record.router}@{record.router_version}"
+        if record.cache_hit is not None:
+            headers["x-moe-cache"] = "hit" if record.cache_hit else "miss"
         return headers
 
     def _finish(self, record: DecisionRecord, usage: Mapping[str, Any] | None, started: float) -> None:
@@ -164,7 +179,7 @@ class ChatService:
 
     # -- non-streaming ------------------------------------------------------------------------
     async def complete(self, body: ChatCompletionRequest, request: Request) -> JSONResponse:
-        target = self.resolve(body.model)
+        target = self.target(body, request)
         record = self._new_record(body, target)
         try:
             payload = await _unless_disconnected(request, self._complete(body, target, record))
@@ -178,40 +193,56 @@ class ChatService:
         finally:
             self._record(record)
 
-    async def _complete(self, body: ChatCompletionRequest, target: Target, record: DecisionRecord) -> dict[str, Any]:
-        candidates = await self._route(target, body, record)
-        messages, params = body.wire_messages(), body.upstream_params()
+    async def _first_success(
+        self, candidates: list[str], record: DecisionRecord, attempt: Callable[[str], Awaitable[_T]]
+    ) -> tuple[ExpertCall, float, _T]:
+        """Try the candidates in order until one answers; falls back only on failures that allow it."""
         failures: list[ExpertFailure] = []
-        for attempt, name in enumerate(candidates):
-            call = ExpertCall(attempt=attempt, expert=name, started_at=datetime.now(UTC))
+        for number, name in enumerate(candidates):
+            call = ExpertCall(attempt=number, expert=name, started_at=datetime.now(UTC))
             record.calls.append(call)
             started = time.perf_counter()
             try:
-                payload = await self.clients[name].complete(messages, params)
+                result = await attempt(name)
             except ExpertFailure as failure:
                 call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
                 failures.append(failure)
-                if failure.can_fall_back:
-                    continue
-                break
+                if not failure.can_fall_back:
+                    break
+                await self.state.record_failure(name)
+                continue
             except asyncio.CancelledError:
                 call.status, call.latency_ms = "cancelled", _ms(started)
                 raise
-            call.status, call.latency_ms = "ok", _ms(started)
-            usage = payload.get("usage")
-            call.prompt_tokens = (usage or {}).get("prompt_tokens")
-            call.completion_tokens = (usage or {}).get("completion_tokens")
+            await self.state.record_success(name)
             record.chosen_expert = name
-            record.status, record.http_status = "ok", 200
-            self._finish(record, usage, started)
-            record.ttft_ms = record.upstream_ms
-            return _openai_completion(payload, record)
+            return call, started, result
         raise self._all_failed(failures)
+
+    async def _complete(self, body: ChatCompletionRequest, target: Target, record: DecisionRecord) -> dict[str, Any]:
+        if target.use_cache and (cached := await self._cache_lookup(body, record)) is not None:
+            return _openai_completion(cached, record)
+        candidates = await self._route(target, body, record)
+        messages, params = body.wire_messages(), body.upstream_params()
+        call, started, payload = await self._first_success(
+            candidates, record, lambda name: self.clients[name].complete(messages, params)
+        )
+        call.status, call.latency_ms = "ok", _ms(started)
+        usage = payload.get("usage")
+        call.prompt_tokens = (usage or {}).get("prompt_tokens")
+        call.completion_tokens = (usage or {}).get("completion_tokens")
+        record.status, record.http_status = "ok", 200
+        self._finish(record, usage, started)
+        record.ttft_ms = record.upstream_ms
+        completion = _openai_completion(payload, record)
+        if target.use_cache:
+            await self._cache_store(body, completion)
+        return completion
 
     # -- streaming ----------------------------------------------------------------------------
     async def stream(self, body: ChatCompletionRequest, request: Request) -> StreamingResponse | JSONResponse:
         """Fallback is possible until the first chunk is in hand; headers wait for it so they name the expert."""
-        target = self.resolve(body.model)
+        target = self.target(body, request)
         record = self._new_record(body, target)
         try:
             opened = await _unless_disconnected(request, self._open_stream(body, target, record))
@@ -226,9 +257,8 @@ class ChatService:
         except BaseException:
             self._record(record)
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            self._relay(opened, record, include_usage),
+            self._relay(opened, body, record, target.use_cache),
             media_type="text/event-stream",
             headers={**self._headers(record), "cache-control": "no-cache"},
         )
@@ -236,36 +266,35 @@ class ChatService:
     async def _open_stream(
         self, body: ChatCompletionRequest, target: Target, record: DecisionRecord
     ) -> _OpenStream:
+        if target.use_cache and (cached := await self._cache_lookup(body, record)) is not None:
+            return _OpenStream(None, _replay(cached), _CACHED_FIRST, time.perf_counter())
         candidates = await self._route(target, body, record)
         messages, params = body.wire_messages(), body.upstream_params()
-        failures: list[ExpertFailure] = []
-        for attempt, name in enumerate(candidates):
-            call = ExpertCall(attempt=attempt, expert=name, started_at=datetime.now(UTC))
-            record.calls.append(call)
-            started = time.perf_counter()
+
+        async def first_chunk(name: str) -> tuple[AsyncGenerator[dict[str, Any], None], dict[str, Any]]:
             chunks = self.clients[name].stream(messages, params)
             try:
-                first = await anext(chunks)
-            except (ExpertFailure, StopAsyncIteration) as exc:
-                failure = exc if isinstance(exc, ExpertFailure) else ExpertFailure("bad_response", "empty stream", 502)
-                call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
-                failures.append(failure)
+                return chunks, await anext(chunks)
+            except StopAsyncIteration:
                 await chunks.aclose()
-                if failure.can_fall_back:
-                    continue
-                break
-            except asyncio.CancelledError:
-                call.status, call.latency_ms = "cancelled", _ms(started)
+                raise ExpertFailure("bad_response", "empty stream", 502) from None
+            except BaseException:
                 await chunks.aclose()
                 raise
-            record.chosen_expert = name
-            return _OpenStream(call, chunks, first, started)
-        raise self._all_failed(failures)
 
-    async def _relay(self, opened: _OpenStream, record: DecisionRecord, include_usage: bool) -> AsyncIterator[bytes]:
+        call, started, (chunks, first) = await self._first_success(candidates, record, first_chunk)
+        return _OpenStream(call, chunks, first, started)
+
+    async def _relay(
+        self, opened: _OpenStream, body: ChatCompletionRequest, record: DecisionRecord, use_cache: bool
+    ) -> AsyncIterator[bytes]:
         call, started = opened.call, opened.started
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream_id = f"chatcmpl-{record.id}"
         usage: dict[str, Any] | None = None
+        text: list[str] = []  # the answer as it streams, cached once the stream is complete
+        cacheable = True
+        finish_reason = None
         record.status, record.http_status = "client_disconnected", 499  # until the stream completes
         try:
             chunk: dict[str, Any] | None = opened.first
@@ -274,37 +303,83 @@ class ChatService:
                 event = _openai_chunk(chunk, stream_id, record.chosen_expert or "")
                 if event is not None:
                     if record.ttft_ms is None:
-                        record.ttft_ms = call.ttft_ms = _ms(started)
+                        record.ttft_ms = _ms(started)
+                    for choice in event["choices"]:
+                        delta = choice["delta"]
+                        cacheable &= choice["index"] == 0 and "tool_calls" not in delta
+                        text.append(delta.get("content") or "")
+                        finish_reason = choice["finish_reason"] or finish_reason
                     yield _sse(event)
                 chunk = await anext(opened.chunks, None)
             if include_usage and usage:
                 yield _sse(_usage_chunk(stream_id, record.chosen_expert or "", usage))
             yield _sse("[DONE]")
             record.status, record.http_status = "ok", 200
-            call.status = "ok"
+            if call is not None:
+                call.status = "ok"
+                if use_cache and cacheable:
+                    message = {"role": "assistant", "content": "".join(text)}
+                    await self._cache_store(body, {"model": record.chosen_expert, "usage": _usage(usage),
+                                                   "choices": [{"index": 0, "message": message,
+                                                                "finish_reason": finish_reason}]})
         except ExpertFailure as failure:
             # Bytes already reached the client: no fallback now, end the stream with an error event.
-            call.status, call.error = failure.kind, str(failure)
+            if call is not None:
+                call.status, call.error = failure.kind, str(failure)
+                await self.state.record_failure(call.expert)
             record.status, record.http_status, record.error = "stream_error", 502, str(failure)
             yield _sse(error_body(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
             yield _sse("[DONE]")
         finally:
-            if call.status == "pending":
-                call.status = "cancelled"
             await opened.chunks.aclose()
-            call.latency_ms = _ms(started)
-            if usage:
-                call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self._finish(record, usage, started)
+            if call is not None:
+                if call.status == "pending":
+                    call.status = "cancelled"
+                call.latency_ms, call.ttft_ms = _ms(started), record.ttft_ms
+                if usage:
+                    call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                self._finish(record, usage, started)
             self._record(record)
+
+    # -- response cache -----------------------------------------------------------------------
+    def _cache_key(self, body: ChatCompletionRequest) -> str:
+        # Streamed or not, and who asked (`user`), do not change the answer; everything else does.
+        content = body.model_dump(exclude_none=True, exclude={"stream", "stream_options", "user"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    async def _cache_lookup(self, body: ChatCompletionRequest, record: DecisionRecord) -> dict[str, Any] | None:
+        cached = await self.state.cache_get(self._cache_key(body))
+        record.cache_hit = cached is not None
+        if cached is not None:
+            record.chosen_expert = cached.get("model")
+            record.status, record.http_status = "ok", 200
+            usage = cached.get("usage") or {}
+            record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            record.cost_usd = 0.0  # no expert was called
+        return cached
+
+    async def _cache_store(self, body: ChatCompletionRequest, completion: dict[str, Any]) -> None:
+        await self.state.cache_put(self._cache_key(body), {k: completion[k] for k in ("model", "choices", "usage")})
 
 
 @dataclass
 class _OpenStream:
-    call: ExpertCall
-    chunks: AsyncIterator[dict[str, Any]]
+    call: ExpertCall | None  # None when the answer comes from the cache
+    chunks: AsyncGenerator[dict[str, Any], None]
     first: dict[str, Any]
     started: float
+
+
+_CACHED_FIRST: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+
+
+async def _replay(cached: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    """A cached answer as the upstream chunks that would have carried it (after `_CACHED_FIRST`)."""
+    choice = cached["choices"][0]
+    yield {"choices": [{"index": 0, "delta": {"content": choice["message"].get("content") or ""}}]}
+    yield {"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}
+    if cached.get("usage"):
+        yield {"choices": [], "usage": cached["usage"]}
 
 
 async def _unless_disconnected(request: Request, work: Any) -> Any:

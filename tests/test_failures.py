@@ -135,7 +135,8 @@ def test_client_disconnect_cancels_the_upstream_call(upstream: str, router_artif
     with running_gateway(config, sqlite_url, tmp_path) as gw:
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{gw.v1}/chat/completions", timeout=httpx.Timeout(10, read=0.5),
+            # Long enough for routing on a busy machine, well short of the upstream's SLOW_S.
+            httpx.post(f"{gw.v1}/chat/completions", timeout=httpx.Timeout(10, read=SLOW_S / 2),
                        json={"model": "moe-auto", "messages": [{"role": "user", "content": MATH_QUESTION}]})
         record = only_record(sqlite_url)
     assert record.status == "client_disconnected"
