@@ -147,10 +147,7 @@ class Router(ABC):
         """Rank the experts by predicted quality, or by `policy` (quality traded against expected cost)."""
         started = time.perf_counter()
         scores = self.score([query_text(messages)])[0]
-        if policy is None:
-            order = np.argsort(-scores, kind="stable")
-        else:
-            order = policy.rank(scores, self.expected_cost())
+        order = np.argsort(-scores, kind="stable") if policy is None else policy.rank(scores, self.expected_cost())
         ranked = [ExpertScore(self.experts[i].name, float(scores[i])) for i in order]
         total = float(np.sum(np.clip(scores, 0, None)))
         confidence = ranked[0].score / total if total > 0 else 0.0

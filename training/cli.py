@@ -47,5 +47,59 @@ def train(
     console.print(table)
 
 
+@app.command("eval")
+def eval_(
+    routers: Annotated[list[Path] | None, typer.Argument(help="router artifact directories to replay")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="a routing JSONL file or a pool directory (default: the MMLU-Pro pool)")
+    ] = None,
+    experts: Annotated[str | None, typer.Option(help="scenario: only these experts, comma-separated")] = None,
+    split: Annotated[str, typer.Option(help="split to replay on")] = "test",
+    baselines: Annotated[
+        str, typer.Option(help="comma-separated: random, single, oracle, true-label, logistic, knn ('' for none)")
+    ] = "random,single,oracle,true-label,logistic,knn",
+    knn_k: Annotated[int, typer.Option(min=1, help="neighbours of the knn baseline")] = 40,
+    latency_queries: Annotated[int, typer.Option(min=0, help="queries routed one at a time for latency")] = 200,
+    json_out: Annotated[Path, typer.Option("--json", help="report JSON path")] = Path("var/eval/routing.json"),
+    png_out: Annotated[Path, typer.Option("--png", help="cost-quality plot path")] = Path("var/eval/routing.png"),
+) -> None:
+    """Replay routers and baselines on a split: cost-quality curves, AUC, oracle gap, latency; JSON + PNG."""
+    import json
+    import shlex
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.dataset import load_dataset
+    from training.evaluate import plot, run_scenario, summary_table
+
+    dataset = load_dataset(data)
+    if experts:
+        dataset = dataset.with_experts([name.strip() for name in experts.split(",") if name.strip()])
+    names = [name.strip() for name in baselines.split(",") if name.strip()]
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+
+        def on_start(description: str, total: int):  # noqa: ANN202
+            task = progress.add_task(description, total=total)
+            return lambda done: progress.advance(task, done)
+
+        report = run_scenario(
+            dataset, split, routers or [], names, knn_k=knn_k, latency_queries=latency_queries, on_start=on_start
+        )
+    scenario = ",".join(dataset.experts) if experts else "all experts"
+    report["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2) + "\n")
+    plot({scenario: report}, png_out)
+    console.print(summary_table(report, f"{split} split, {scenario}"), width=None if console.is_terminal else 150)
+    for skipped in report["skipped"]:
+        console.print(
+            f"[yellow]skipped[/] {skipped['name']}: its experts {skipped['experts']} do not cover the scenario"
+        )
+    console.print(f"wrote {json_out} and {png_out}")
+
+
 if __name__ == "__main__":
     app()

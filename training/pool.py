@@ -49,6 +49,7 @@ class Pool:
     correct: np.ndarray  # bool [n, m]
     cost: np.ndarray  # float [n, m]: USD for that model to answer that question
     split: np.ndarray  # str [n]: train / dev / test
+    pred: np.ndarray  # str [n, m]: each model's extracted answer letter, "" where none was extracted
 
     def __len__(self) -> int:
         return len(self.question_ids)
@@ -72,6 +73,7 @@ class Pool:
             correct=self.correct[indices],
             cost=self.cost[indices],
             split=self.split[indices],
+            pred=self.pred[indices],
         )
 
     def of_split(self, split: str) -> Pool:
@@ -108,12 +110,14 @@ def _load(pool_dir: Path) -> Pool:
     prices = np.array([m["price_per_mtok"] for m in catalogue], dtype=np.float64)
     correct = np.zeros((len(rows), len(models)), dtype=bool)
     answer_tokens = np.zeros((len(rows), len(models)), dtype=np.int64)
+    pred = np.full((len(rows), len(models)), "", dtype="<U1")
     for j, model in enumerate(models):
         answered = np.zeros(len(rows), dtype=bool)
         for response in _read_jsonl(pool_dir / "responses" / f"{model}.jsonl.gz"):
             i = position[response["question_id"]]
             answered[i] = True
             correct[i, j] = response["correct"]
+            pred[i, j] = response["pred"] or ""
             answer_tokens[i, j] = tokens_estimate(len(response["generated_text"] or ""))
         if not answered.all():
             raise ValueError(f"{model} has no response for {int((~answered).sum())} questions")
@@ -133,6 +137,7 @@ def _load(pool_dir: Path) -> Pool:
         correct=correct,
         cost=prices * (prompt_tokens[:, None] + answer_tokens) / 1e6,
         split=split.astype(str),
+        pred=pred,
     )
     for array in vars(pool).values():
         if isinstance(array, np.ndarray):

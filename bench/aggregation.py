@@ -1,0 +1,228 @@
+"""Answer aggregation on the MMLU-Pro pool's test split: weighted vote, selection, cascade, recruit-and-aggregate.
+
+Two scenarios, as in bench/routing.py: `small` (Llama-3.1-8B, mathstral-7B, Phi-3-mini) and `all`
+(the seven). Vote weights are fitted on train+dev; the selector and competence models on train;
+vote variants and cascade thresholds are chosen on dev; every reported figure is on test.
+Writes bench/results/aggregation.json (with the command that produced it) and aggregation.png.
+
+    python bench/aggregation.py [--selector logistic|boosting]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from routers.encoder import cached_embeddings  # noqa: E402
+from training import aggregation as agg  # noqa: E402
+from training.pool import load_pool  # noqa: E402
+
+BEST = "Meta-Llama-3_1-70B-Instruct"
+SMALL = ("Meta-Llama-3_1-8B-Instruct", "mathstral-7B", "Phi-3-mini-4k-instruct")
+# Issue 4 targets: small experts >= 0.475 below half of the best single's cost; all seven match the
+# best single's accuracy at <= 80% of its cost.
+SMALL_TARGET, SMALL_BUDGET_SHARE = 0.475, 0.5
+ALL_BUDGET_SHARE = 0.8
+THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--selector", choices=("logistic", "boosting"), default="logistic")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "aggregation.json")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    pool = load_pool()
+    column = {name: j for j, name in enumerate(pool.models)}
+    small = tuple(column[name] for name in SMALL)
+    llama8, mathstral, phi = small
+    best = column[BEST]
+    everyone = tuple(range(len(pool.models)))
+    signals = agg.build_signals(pool, cached_embeddings(list(pool.questions), progress=False))
+    train, dev, test = signals["train"], signals["dev"], signals["test"]
+
+    cascades = {
+        "small": [(phi, mathstral, llama8), (phi, llama8, mathstral)],
+        "all": [(phi, best), (llama8, best), (phi, llama8, best), (phi, mathstral, llama8, best)],
+    }
+    selector_sets = sorted(
+        {small, everyone, *[(a, b) for a in small for b in small if a < b]}
+        | {order[: t + 1] for orders in cascades.values() for order in orders for t in range(len(order))}
+    )
+    selector = agg.Selector(args.selector).fit(train, selector_sets)
+
+    best_single = {"accuracy": float(test.correct[:, best].mean()), "cost": float(test.cost[:, best].mean() * 1000)}
+    budgets = {"small": SMALL_BUDGET_SHARE * best_single["cost"], "all": ALL_BUDGET_SHARE * best_single["cost"]}
+    scenarios = {}
+    for scenario, experts in (("small", small), ("all", everyone)):
+        strategies = [
+            vote(scenario, experts, train, dev, test),
+            agg.replay_selection(f"{scenario}: selection over all", test, selector, [experts] * len(test)),
+        ]
+        if scenario == "small":
+            for k in (1, 2):
+                recruited = agg.recruit(test, experts, k)
+                strategies.append(agg.replay_selection(f"small: recruit top-{k} + select", test, selector, recruited))
+            weights = agg.vote_weights(train.categories, train.correct, per_category=True)
+            strategies.append(
+                agg.replay_vote("small: recruit top-2 + vote", test, agg.recruit(test, experts, 2), weights)
+            )
+        curves = []
+        for order in cascades[scenario]:
+            name = f"{scenario}: cascade " + " > ".join(pool.models[j] for j in order)
+            strategies.append(agg.replay_agreement_cascade(name.replace("cascade", "agreement cascade"), test, order))
+            curves.append(cascade_curve(name, order, dev, test, selector, budgets[scenario]))
+        scenarios[scenario] = {
+            "strategies": [s.summary() for s in strategies],
+            "cascades": curves,
+            "budget_per_1k": budgets[scenario],
+            "singles": {
+                pool.models[j]: {
+                    "accuracy": float(test.correct[:, j].mean()),
+                    "cost": float(test.cost[:, j].mean() * 1000),
+                }
+                for j in experts
+            },
+        }
+
+    report = {
+        "command": "python " + shlex.join(["bench/aggregation.py", *sys.argv[1:]]),
+        "split": "test",
+        "cost_unit": "USD per 1k queries (sum of every called expert's cost)",
+        "selector": args.selector,
+        "best_single": {"name": BEST, **best_single},
+        "scenarios": scenarios,
+        "targets": targets(scenarios, best_single),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.out.with_suffix(".png"))
+    print(json.dumps(report["targets"], indent=2))
+
+
+def vote(scenario: str, experts: agg.ExpertSet, train, dev, test) -> agg.Outcome:
+    """Per-category or global log-odds weights, whichever votes better on dev; refitted on train+dev."""
+    dev_accuracy = {
+        per_category: agg.replay_vote(
+            "", dev, [experts] * len(dev), agg.vote_weights(train.categories, train.correct, per_category)
+        ).correct.mean()
+        for per_category in (False, True)
+    }
+    per_category = dev_accuracy[True] > dev_accuracy[False]
+    weights = agg.vote_weights(
+        np.concatenate([train.categories, dev.categories]), np.concatenate([train.correct, dev.correct]), per_category
+    )
+    name = f"{scenario}: weighted vote ({'per-category' if per_category else 'global'} log-odds weights)"
+    return agg.replay_vote(name, test, [experts] * len(test), weights)
+
+
+def cascade_curve(name: str, order, dev, test, selector, budget: float) -> dict[str, Any]:
+    """The threshold sweep on dev and test, and the threshold dev picks: its best accuracy within budget."""
+    on_dev = [o.summary() for o in agg.replay_cascade(name, dev, selector, order, THRESHOLDS)]
+    on_test = [o.summary() for o in agg.replay_cascade(name, test, selector, order, THRESHOLDS)]
+    affordable = [i for i, point in enumerate(on_dev) if point["cost_per_1k"] <= budget]
+    picked = max(affordable, key=lambda i: on_dev[i]["accuracy"], default=None)
+    return {
+        "name": name,
+        "thresholds": THRESHOLDS.tolist(),
+        "dev": on_dev,
+        "test": on_test,
+        "picked_on_dev": None if picked is None else {"threshold": float(THRESHOLDS[picked]), **on_test[picked]},
+    }
+
+
+def targets(scenarios: dict[str, Any], best_single: dict[str, float]) -> dict[str, Any]:
+    """Each target checked on the dev-picked cascade thresholds and the fixed strategies, all on test."""
+    result = {}
+    for scenario, goal in (("small", SMALL_TARGET), ("all", best_single["accuracy"])):
+        report = scenarios[scenario]
+        candidates = list(report["strategies"]) + [c["picked_on_dev"] for c in report["cascades"] if c["picked_on_dev"]]
+        within = [c for c in candidates if c["cost_per_1k"] < report["budget_per_1k"] + 1e-12]
+        best = max(within, key=lambda c: c["accuracy"], default=None)
+        best_any_threshold = max(
+            (p for c in report["cascades"] for p in c["test"] if p["cost_per_1k"] <= report["budget_per_1k"]),
+            key=lambda p: p["accuracy"],
+            default=None,
+        )
+        result[scenario] = {
+            "target_accuracy": round(goal, 4),
+            "budget_per_1k": round(report["budget_per_1k"], 4),
+            "best_within_budget": best,
+            "met": bool(best and best["accuracy"] >= goal),
+            # Not a claim (thresholds chosen on test): how far the curve itself reaches within budget.
+            "best_cascade_point_on_test_curve": best_any_threshold,
+        }
+    return result
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = report["scenarios"]
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(8 * len(scenarios), 6), squeeze=False)
+    for ax, (scenario, data) in zip(axes[0], scenarios.items(), strict=True):
+        for curve in data["cascades"]:
+            points = sorted((p["cost_per_1k"], p["accuracy"]) for p in curve["test"])
+            ax.plot(*zip(*points, strict=True), marker=".", lw=1, label=curve["name"].split(": ", 1)[1])
+        for strategy in data["strategies"]:
+            if "cascade" not in strategy["strategy"]:
+                ax.scatter(strategy["cost_per_1k"], strategy["accuracy"], marker="^", s=45, zorder=4)
+                ax.annotate(
+                    strategy["strategy"].split(": ", 1)[1],
+                    (strategy["cost_per_1k"], strategy["accuracy"]),
+                    fontsize=7,
+                    xytext=(4, 2),
+                    textcoords="offset points",
+                )
+        for name, single in data["singles"].items():
+            ax.scatter(single["cost"], single["accuracy"], color="grey", s=20, zorder=3)
+            ax.annotate(
+                name,
+                (single["cost"], single["accuracy"]),
+                fontsize=7,
+                color="grey",
+                xytext=(3, -9),
+                textcoords="offset points",
+            )
+        best = report["best_single"]
+        ax.scatter(
+            best["cost"],
+            best["accuracy"],
+            color="black",
+            marker="s",
+            s=50,
+            zorder=4,
+            label=f"best single ({best['name']})",
+        )
+        target = report["targets"][scenario]
+        ax.axvline(target["budget_per_1k"], color="red", lw=0.8, ls="--", label="budget")
+        ax.axhline(target["target_accuracy"], color="red", lw=0.8, ls=":", label="target accuracy")
+        ax.set_xlim(0, 0.3 if scenario == "small" else 1.05)
+        ax.set_title(f"{scenario}: cascade cost-accuracy (test, threshold swept)")
+        ax.set_xlabel("USD per 1k queries")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Offline evaluation: curve metrics checked by hand on tiny data, and `moe router eval` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from training.baselines import build_baselines
+from training.dataset import RoutingDataset
+from training.evaluate import Setting, accuracy_at, area_under, cost_at, envelope, evaluate, frontier
+
+
+def test_frontier_envelope_and_interpolation() -> None:
+    settings = [
+        Setting(0, 0.1, 0.25),
+        Setting(0, 0.5, 0.5),
+        Setting(0, 0.6, 0.45),
+        Setting(0, 1.0, 0.75),
+        Setting(0, 0.3, 0.30),
+    ]
+    assert [(s.cost, s.accuracy) for s in frontier(settings)] == [(0.1, 0.25), (0.3, 0.30), (0.5, 0.5), (1.0, 0.75)]
+    hull = envelope(settings)  # (0.3, 0.30) lies under the chord from (0.1, 0.25) to (0.5, 0.5)
+    assert hull.tolist() == [[0.1, 0.25], [0.5, 0.5], [1.0, 0.75]]
+    assert accuracy_at(hull, 0.75) == pytest.approx(0.625)
+    assert accuracy_at(hull, 0.05) is None and accuracy_at(hull, 2.0) == 0.75
+    assert cost_at(hull, 0.6) == pytest.approx(0.7)
+    assert cost_at(hull, 0.2) == 0.1 and cost_at(hull, 0.8) is None
+    # (0.25 + 0.5) / 2 * 0.4 + (0.5 + 0.75) / 2 * 0.5 = 0.4625 over a 0.9 wide axis; 0 left of 0.1.
+    assert area_under(hull, 0.1, 1.0) == pytest.approx(0.4625 / 0.9)
+    assert area_under(hull, 0.0, 1.0) == pytest.approx(0.4625, abs=1e-3)
+
+
+def tiny_dataset() -> RoutingDataset:
+    # Experts a, b, c at $1, $0.5, $0.1 per 1k queries; each query is answered right by a prefix of them.
+    scores = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=float)
+    return RoutingDataset(
+        queries=np.array(["q0", "q1", "q2", "q3"], dtype=object),
+        experts=("a", "b", "c"),
+        scores=scores,
+        costs=np.tile([1e-3, 5e-4, 1e-4], (4, 1)),
+        tags=((),) * 4,
+        domains=np.full(4, "", dtype=object),
+        split=np.full(4, "train"),
+    )
+
+
+class Perfect:
+    """Predicts the true scores: its curve is worked out by hand below."""
+
+    name, kind, experts, fixed_lambda = "perfect", "router", ("a", "b", "c"), None
+
+    def expected_cost(self) -> np.ndarray:
+        return np.array([1e-3, 5e-4, 1e-4])
+
+    def score_dataset(self, data: RoutingDataset) -> np.ndarray:
+        return data.scores
+
+
+def test_evaluate_metrics_by_hand() -> None:
+    data = tiny_dataset()
+    report = evaluate([Perfect(), *build_baselines(["single", "oracle"], data)], data, latency_queries=0)
+    assert report["best_single"] == {"name": "a", "accuracy": 0.75, "cost": pytest.approx(1.0)}
+    assert report["oracle"] == {"accuracy": 0.75, "cost": pytest.approx(0.425)}  # c, b, a, c
+    perfect = report["candidates"][0]
+    # lam 0: all a; small lam: the oracle's choice; lam in (1.11, 2.5): c, b, c, c; beyond: all c.
+    assert [(p["cost"], p["accuracy"]) for p in perfect["frontier"]] == [
+        pytest.approx((0.1, 0.25)),
+        pytest.approx((0.2, 0.5)),
+        pytest.approx((0.425, 0.75)),
+    ]
+    assert perfect["accuracy_at_half_cost"] == pytest.approx(0.75)
+    assert perfect["cost_at_95_accuracy"] == pytest.approx(0.2 + 0.2125 / 0.25 * 0.225)
+    assert perfect["auc"] == pytest.approx((0.0375 + 0.140625 + 0.75 * 0.575) / 0.9, abs=1e-4)
+    assert perfect["oracle_gap"] == pytest.approx(0.0)
+    single_c = next(r for r in report["candidates"] if r["name"] == "single:c")
+    assert single_c["auc"] is None and single_c["oracle_gap"] == pytest.approx(0.5)
+    assert [f["name"] for f in report["frontier"]] == ["perfect"] * 3  # ties go to the first candidate
+
+
+def test_eval_cli_on_a_jsonl_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.cli import app
+
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    topics = ["algebra", "poetry", "chemistry"]
+    rows = []
+    for i in range(60):
+        topic = topics[i % 3]
+        rows.append(
+            {
+                "query": f"question {i} about {topic}",
+                "scores": {
+                    "big": float(rng.random() < 0.8),
+                    "poet": float(topic == "poetry"),
+                    "tiny": float(rng.random() < 0.3),
+                },
+                "costs": {"big": 0.002, "poet": 0.0005, "tiny": 0.0001},
+                "domain": topic,
+                "split": ["train", "train", "dev", "test"][i % 4],
+            }
+        )
+    data = tmp_path / "routing.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--data",
+            str(data),
+            "--experts",
+            "big,poet,tiny",
+            "--baselines",
+            "single,oracle,true-label,knn",
+            "--knn-k",
+            "5",
+            "--latency-queries",
+            "3",
+            "--json",
+            str(out_json),
+            "--png",
+            str(out_png),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out_json.read_text())
+    assert report["n"] == 15 and report["experts"] == ["big", "poet", "tiny"]
+    names = {r["name"] for r in report["candidates"]}
+    assert {"single:big", "oracle", "true-label", "knn-5"} <= names
+    knn = next(r for r in report["candidates"] if r["name"] == "knn-5")
+    assert knn["latency_ms"]["n"] == 3 and knn["points"]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

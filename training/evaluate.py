@@ -1,0 +1,391 @@
+"""Offline replay: routers and baselines on one split, cost-quality curves and the metrics read off them.
+
+Every candidate (a trained router or a baseline) predicts a quality per expert for each query; the
+cost policy (routers/policy.py) turns the predictions into a choice for each lam of a sweep; the
+choice is scored with the dataset's recorded answers:
+
+- accuracy = mean of `scores` at the chosen expert; cost = mean of `costs` at the chosen expert, in
+  USD per 1k queries. One (cost, accuracy) point per lam; baselines pinned to one lam give one point.
+- frontier: the points no other point beats on both cost and accuracy.
+- envelope: the upper concave hull of the frontier. Any point on it is reachable by sending each query
+  to one of two neighbouring settings at random, so it is the fair curve to interpolate on.
+- auc (curves only, None for one-point baselines): the envelope's mean accuracy over the common cost axis [cheapest, dearest single expert's
+  cost] of the split; the envelope is flat right of its last point (spending more is never forced)
+  and counts 0 left of its first (the candidate cannot run that cheaply).
+- accuracy_at_half_cost: the envelope at 50% of the best single expert's cost (None if out of reach);
+  cost_at_95_accuracy: the least cost at which it reaches 95% of the best single expert's accuracy.
+- oracle_gap: oracle accuracy minus the candidate's best accuracy.
+- latency_ms: p50/p99 of routing one query at a time (`decide`) on this machine, for candidates that
+  route from the query's text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from routers.base import Router
+from routers.policy import CostPolicy, lambda_grid
+from training.baselines import Oracle
+from training.dataset import RoutingDataset
+
+LATENCY_QUERIES = 200
+SCORE_BATCH = 256
+
+Progress = Callable[[int], None]  # called with the number of queries just handled
+
+
+class Candidate(Protocol):
+    name: str
+    kind: str  # router / baseline / reference
+    experts: tuple[str, ...]
+    fixed_lambda: float | None  # None: swept into a curve
+
+    def expected_cost(self) -> np.ndarray: ...
+    def score_dataset(self, data: RoutingDataset) -> np.ndarray: ...
+
+
+class RouterCandidate:
+    """A trained router seen as a candidate: its predictions, its own expected costs, its `decide`."""
+
+    kind = "router"
+    fixed_lambda = None
+
+    def __init__(self, router: Router, fallback_cost: np.ndarray, label: str | None = None) -> None:
+        self.router = router
+        self.name = label or router.name
+        self.experts = tuple(expert.name for expert in router.experts)
+        has_measured = bool(router.manifest and router.manifest.params.get("mean_cost"))
+        # Without a measured mean cost in its manifest, the router is credited with the data's own.
+        self._cost = router.expected_cost() if has_measured else fallback_cost
+
+    def expected_cost(self) -> np.ndarray:
+        return self._cost
+
+    def score_dataset(self, data: RoutingDataset, progress: Progress | None = None) -> np.ndarray:
+        parts = []
+        for start in range(0, len(data), SCORE_BATCH):
+            batch = list(data.queries[start : start + SCORE_BATCH])
+            parts.append(np.asarray(self.router.score(batch), dtype=np.float64))
+            if progress:
+                progress(len(batch))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.experts)))
+
+    def decide_one(self, text: str, policy: CostPolicy) -> str:
+        return self.router.decide([{"role": "user", "content": text}], policy).chosen
+
+
+@dataclass(frozen=True)
+class Setting:
+    lam: float
+    cost: float  # USD per 1k queries
+    accuracy: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"lambda": self.lam, "cost": self.cost, "accuracy": self.accuracy}
+
+
+def columns_for(candidate: Candidate, experts: Sequence[str]) -> list[int] | None:
+    """The candidate's columns for the scenario's experts, in scenario order; None if it lacks one."""
+    if not set(experts) <= set(candidate.experts):
+        return None
+    return [candidate.experts.index(name) for name in experts]
+
+
+def sweep(
+    quality: np.ndarray, expected_cost: np.ndarray, data: RoutingDataset, lambdas: Sequence[float]
+) -> list[Setting]:
+    """One setting per lam, identical (cost, accuracy) points kept once (the smallest lam)."""
+    rows = np.arange(len(data))
+    seen: dict[tuple[float, float], Setting] = {}
+    for lam in lambdas:
+        chosen = CostPolicy(lam=float(lam)).choose(quality, expected_cost)
+        point = (float(data.costs[rows, chosen].mean() * 1000), float(data.scores[rows, chosen].mean()))
+        seen.setdefault((round(point[0], 12), round(point[1], 12)), Setting(float(lam), *point))
+    return sorted(seen.values(), key=lambda s: (s.cost, -s.accuracy))
+
+
+def frontier(settings: Sequence[Setting]) -> list[Setting]:
+    """The non-dominated settings, by increasing cost (and so increasing accuracy)."""
+    kept: list[Setting] = []
+    for setting in sorted(settings, key=lambda s: (s.cost, -s.accuracy)):
+        if not kept or setting.accuracy > kept[-1].accuracy:
+            kept.append(setting)
+    return kept
+
+
+def envelope(settings: Sequence[Setting]) -> np.ndarray:
+    """Upper concave hull of the frontier, shape [k, 2] of (cost, accuracy), increasing in both."""
+    hull: list[tuple[float, float]] = []
+    for point in ((s.cost, s.accuracy) for s in frontier(settings)):
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], point) >= 0:
+            hull.pop()  # the middle point lies on or under the chord: a random mix does at least as well
+        hull.append(point)
+    return np.array(hull, dtype=np.float64).reshape(-1, 2)
+
+
+def _cross(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+def accuracy_at(hull: np.ndarray, cost: float) -> float | None:
+    if not len(hull) or cost < hull[0, 0]:
+        return None
+    return float(np.interp(cost, hull[:, 0], hull[:, 1]))
+
+
+def cost_at(hull: np.ndarray, accuracy: float) -> float | None:
+    if not len(hull) or accuracy > hull[-1, 1]:
+        return None
+    return float(np.interp(accuracy, hull[:, 1], hull[:, 0]))
+
+
+def area_under(hull: np.ndarray, low: float, high: float, samples: int = 2001) -> float:
+    """Mean envelope accuracy over [low, high] (0 where the candidate cannot run that cheaply)."""
+    if high <= low:
+        return float(accuracy_at(hull, high) or 0.0)
+    grid = np.linspace(low, high, samples)
+    values = np.where(grid >= hull[0, 0], np.interp(grid, hull[:, 0], hull[:, 1]), 0.0)
+    return float(np.trapezoid(values, grid) / (high - low))
+
+
+def routing_latency(
+    candidate: Any, texts: Sequence[str], policy: CostPolicy, progress: Progress | None = None
+) -> dict[str, float]:
+    """p50/p99 milliseconds of routing each text on its own (after one warm-up call)."""
+    candidate.decide_one(texts[0], policy)
+    elapsed = []
+    for text in texts:
+        started = time.perf_counter()
+        candidate.decide_one(text, policy)
+        elapsed.append((time.perf_counter() - started) * 1000)
+        if progress:
+            progress(1)
+    return {"p50": float(np.percentile(elapsed, 50)), "p99": float(np.percentile(elapsed, 99)), "n": len(elapsed)}
+
+
+def evaluate(
+    candidates: Sequence[Candidate],
+    data: RoutingDataset,
+    *,
+    latency_queries: int = LATENCY_QUERIES,
+    on_start: Callable[[str, int], Progress] | None = None,
+) -> dict[str, Any]:
+    """Replay `candidates` on `data` (one split, its experts = the scenario); the report as JSON-ready dicts.
+
+    Candidates lacking one of the scenario's experts are listed under `skipped`. `on_start(task, total)`
+    is told of each stage and returns a callback to report progress through it (for progress bars).
+    """
+    single_cost, single_accuracy = data.costs.mean(axis=0) * 1000, data.scores.mean(axis=0)
+    best = int(np.argmax(single_accuracy))
+    oracle = sweep(Oracle(data.experts).score_dataset(data), np.zeros(len(data.experts)), data, [0.0])[0]
+    axis = (float(single_cost.min()), float(single_cost.max()))
+    rng = np.random.default_rng(0)
+    timing_texts = list(rng.choice(data.queries, size=min(latency_queries, len(data)), replace=False))
+
+    results, skipped = [], []
+    for candidate in candidates:
+        columns = columns_for(candidate, data.experts)
+        if columns is None:
+            skipped.append({"name": candidate.name, "experts": list(candidate.experts)})
+            continue
+        tick = on_start(f"scoring {candidate.name}", len(data)) if on_start else None
+        if isinstance(candidate, RouterCandidate):
+            quality = candidate.score_dataset(data, tick)
+        else:
+            quality = candidate.score_dataset(data)
+            if tick:
+                tick(len(data))
+        quality, cost = quality[:, columns], candidate.expected_cost()[columns]
+        lambdas = [candidate.fixed_lambda] if candidate.fixed_lambda is not None else lambda_grid(quality, cost)
+        settings = sweep(quality, cost, data, lambdas)
+        hull = envelope(settings)
+        top = max(settings, key=lambda s: (s.accuracy, -s.cost))
+        result: dict[str, Any] = {
+            "name": candidate.name,
+            "kind": candidate.kind,
+            "points": [s.to_json() for s in settings],
+            "frontier": [s.to_json() for s in frontier(settings)],
+            "max_accuracy": top.accuracy,
+            "cost_at_max_accuracy": top.cost,
+            "auc": area_under(hull, *axis) if candidate.fixed_lambda is None else None,
+            "accuracy_at_half_cost": accuracy_at(hull, 0.5 * single_cost[best]),
+            "cost_at_95_accuracy": cost_at(hull, 0.95 * single_accuracy[best]),
+            "oracle_gap": oracle.accuracy - top.accuracy,
+            "latency_ms": None,
+        }
+        if hasattr(candidate, "decide_one") and timing_texts:
+            tick = on_start(f"latency {candidate.name}", len(timing_texts)) if on_start else None
+            result["latency_ms"] = routing_latency(candidate, timing_texts, CostPolicy(), tick)
+        results.append(result)
+
+    return {
+        "n": len(data),
+        "experts": list(data.experts),
+        "best_single": {
+            "name": data.experts[best],
+            "accuracy": float(single_accuracy[best]),
+            "cost": float(single_cost[best]),
+        },
+        "singles": {
+            name: {"accuracy": float(a), "cost": float(c)}
+            for name, a, c in zip(data.experts, single_accuracy, single_cost, strict=True)
+        },
+        "oracle": {"accuracy": oracle.accuracy, "cost": oracle.cost},
+        "cost_axis": list(axis),
+        "candidates": results,
+        "frontier": overall_frontier(results),
+        "skipped": skipped,
+    }
+
+
+def overall_frontier(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-dominated settings over every non-reference candidate, each labelled with its candidate."""
+    labelled = [
+        (Setting(p["lambda"], p["cost"], p["accuracy"]), r["name"])
+        for r in results
+        if r["kind"] != "reference"
+        for p in r["points"]
+    ]
+    best = frontier([setting for setting, _ in labelled])
+    owner = {id(setting): name for setting, name in labelled}
+    return [{"name": owner[id(s)], **s.to_json()} for s in best]
+
+
+def plot(scenarios: dict[str, dict[str, Any]], path: Path) -> None:
+    """One cost-quality panel per scenario: every candidate's frontier, single experts, best single, oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(9.5 * len(scenarios), 5.5), squeeze=False)
+    for ax, (title, report) in zip(axes[0], scenarios.items(), strict=True):
+        for name, single in report["singles"].items():
+            ax.scatter(single["cost"], single["accuracy"], color="grey", s=25, zorder=3)
+            ax.annotate(
+                name,
+                (single["cost"], single["accuracy"]),
+                fontsize=7,
+                color="grey",
+                xytext=(3, -9),
+                textcoords="offset points",
+            )
+        best = report["best_single"]
+        ax.scatter(
+            best["cost"],
+            best["accuracy"],
+            color="black",
+            marker="s",
+            s=60,
+            zorder=4,
+            label=f"best single ({best['name']})",
+        )
+        ax.axhline(best["accuracy"], color="black", lw=0.6, ls=":")
+        oracle = report["oracle"]
+        ax.scatter(
+            oracle["cost"],
+            oracle["accuracy"],
+            color="gold",
+            edgecolor="black",
+            marker="*",
+            s=180,
+            zorder=4,
+            label="oracle",
+        )
+        for result in report["candidates"]:
+            if result["name"].startswith("single:") or result["name"] == "oracle":
+                continue
+            points = result["frontier"]
+            costs, accuracies = [p["cost"] for p in points], [p["accuracy"] for p in points]
+            style = {"ls": "--"} if result["kind"] == "reference" else {"lw": 2 if result["kind"] == "router" else 1.2}
+            if len(points) == 1:
+                ax.scatter(costs, accuracies, marker="D", s=40, zorder=4, label=result["name"])
+            else:
+                ax.plot(costs, accuracies, marker=".", ms=4, label=result["name"], **style)
+        ax.set_title(f"{title} ({report['n']} queries)")
+        ax.set_xlabel("cost, USD per 1k queries")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def load_router_candidates(
+    directories: Sequence[Path], data: RoutingDataset
+) -> tuple[list[RouterCandidate], list[dict[str, Any]]]:
+    """Routers from artifact directories, labelled by directory name; those that cannot route between
+    `data`'s experts (e.g. embedding-domain, which routes between config experts) are skipped unloaded."""
+    from routers import ExpertProfile, Manifest, load_router
+
+    train_cost = data.of_split("train").mean_cost() if (data.split == "train").any() else data.mean_cost()
+    loaded, skipped = [], []
+    for directory in directories:
+        manifest = Manifest.read(directory)
+        if not set(data.experts) <= set(manifest.experts):
+            skipped.append({"name": directory.name, "experts": manifest.experts})
+            continue
+        router = load_router(directory, [ExpertProfile(name) for name in manifest.experts])
+        cost = np.array([train_cost[data.experts.index(n)] if n in data.experts else 0.0 for n in manifest.experts])
+        loaded.append(RouterCandidate(router, cost, label=directory.name))
+    return loaded, skipped
+
+
+def summary_table(report: dict[str, Any], title: str) -> Any:
+    """A rich Table of one scenario's candidates and their headline metrics."""
+    from rich.table import Table
+
+    def fmt(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    best, oracle = report["best_single"], report["oracle"]
+    table = Table(
+        title=f"{title}: best single {best['name']} {best['accuracy']:.4f} at ${best['cost']:.4f}/1k, "
+        f"oracle {oracle['accuracy']:.4f} at ${oracle['cost']:.4f}/1k"
+    )
+    for column in ("candidate", "kind", "max acc", "at $/1k", "acc@50%$", "$@95%acc", "AUC", "gap", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column in ("candidate", "kind") else "right")
+    for r in sorted(report["candidates"], key=lambda r: (r["auc"] is None, -(r["auc"] or r["max_accuracy"]))):
+        latency = r["latency_ms"] or {}
+        table.add_row(
+            r["name"],
+            r["kind"],
+            fmt(r["max_accuracy"]),
+            fmt(r["cost_at_max_accuracy"]),
+            fmt(r["accuracy_at_half_cost"]),
+            fmt(r["cost_at_95_accuracy"]),
+            fmt(r["auc"]),
+            fmt(r["oracle_gap"]),
+            fmt(latency.get("p50"), 2),
+            fmt(latency.get("p99"), 2),
+        )
+    return table
+
+
+def run_scenario(
+    data: RoutingDataset,
+    split: str,
+    router_dirs: Sequence[Path],
+    baselines: Sequence[str],
+    *,
+    knn_k: int = 40,
+    latency_queries: int = LATENCY_QUERIES,
+    on_start: Callable[[str, int], Progress] | None = None,
+) -> dict[str, Any]:
+    """Fit the baselines on `data`'s train split, load the routers, replay everything on `split`."""
+    from training.baselines import build_baselines
+
+    routers, skipped = load_router_candidates(router_dirs, data)
+    candidates: list[Any] = [*routers, *build_baselines(baselines, data, knn_k=knn_k)]
+    report = evaluate(candidates, data.of_split(split), latency_queries=latency_queries, on_start=on_start)
+    report["split"] = split
+    report["skipped"] = skipped + report["skipped"]
+    return report
