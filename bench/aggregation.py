@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from routers.encoder import cached_embeddings  # noqa: E402
 from training import aggregation as agg  # noqa: E402
+from training.evaluate import draw_singles  # noqa: E402
 from training.pool import load_pool  # noqa: E402
 
 BEST = "Meta-Llama-3_1-70B-Instruct"
@@ -191,26 +192,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
                     xytext=(4, 2),
                     textcoords="offset points",
                 )
-        for name, single in data["singles"].items():
-            ax.scatter(single["cost"], single["accuracy"], color="grey", s=20, zorder=3)
-            ax.annotate(
-                name,
-                (single["cost"], single["accuracy"]),
-                fontsize=7,
-                color="grey",
-                xytext=(3, -9),
-                textcoords="offset points",
-            )
-        best = report["best_single"]
-        ax.scatter(
-            best["cost"],
-            best["accuracy"],
-            color="black",
-            marker="s",
-            s=50,
-            zorder=4,
-            label=f"best single ({best['name']})",
-        )
+        draw_singles(ax, data["singles"], report["best_single"])
         target = report["targets"][scenario]
         ax.axvline(target["budget_per_1k"], color="red", lw=0.8, ls="--", label="budget")
         ax.axhline(target["target_accuracy"], color="red", lw=0.8, ls=":", label="target accuracy")

@@ -257,6 +257,16 @@ def overall_frontier(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"name": owner[id(s)], **s.to_json()} for s in best]
 
 
+def draw_singles(ax: Any, singles: dict[str, dict[str, float]], best: dict[str, Any]) -> None:
+    """Each single expert as a grey point, the best one as a black square: every cost-quality plot's reference."""
+    for name, single in singles.items():
+        ax.scatter(single["cost"], single["accuracy"], color="grey", s=25, zorder=3)
+        ax.annotate(name, (single["cost"], single["accuracy"]), fontsize=7, color="grey",
+                    xytext=(3, -9), textcoords="offset points")
+    ax.scatter(best["cost"], best["accuracy"], color="black", marker="s", s=60, zorder=4,
+               label=f"best single ({best['name']})")
+
+
 def plot(scenarios: dict[str, dict[str, Any]], path: Path) -> None:
     """One cost-quality panel per scenario: every candidate's frontier, single experts, best single, oracle."""
     import matplotlib
@@ -266,26 +276,8 @@ def plot(scenarios: dict[str, dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(scenarios), figsize=(9.5 * len(scenarios), 5.5), squeeze=False)
     for ax, (title, report) in zip(axes[0], scenarios.items(), strict=True):
-        for name, single in report["singles"].items():
-            ax.scatter(single["cost"], single["accuracy"], color="grey", s=25, zorder=3)
-            ax.annotate(
-                name,
-                (single["cost"], single["accuracy"]),
-                fontsize=7,
-                color="grey",
-                xytext=(3, -9),
-                textcoords="offset points",
-            )
+        draw_singles(ax, report["singles"], report["best_single"])
         best = report["best_single"]
-        ax.scatter(
-            best["cost"],
-            best["accuracy"],
-            color="black",
-            marker="s",
-            s=60,
-            zorder=4,
-            label=f"best single ({best['name']})",
-        )
         ax.axhline(best["accuracy"], color="black", lw=0.6, ls=":")
         oracle = report["oracle"]
         ax.scatter(
