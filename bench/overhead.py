@@ -144,7 +144,7 @@ def main() -> None:
             proc.wait(10)
 
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).relative_to(ROOT)), *sys.argv[1:]]),
+        "command": "python " + shlex.join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "note": "load generator, gateway and upstream share the same cores; compare targets within one run",
         "router": json.loads((ARTIFACT / "router.json").read_text())["version"],
