@@ -100,24 +100,47 @@ def main() -> None:
     upstream_v1 = f"http://127.0.0.1:{upstream_port}/v1"
     config = {
         "experts": [
-            {"name": "stem", "model": "echo-stem", "api_base": upstream_v1,
-             "domains": ["math", "physics", "chemistry", "engineering", "computer science"]},
-            {"name": "humanities", "model": "echo-humanities", "api_base": upstream_v1,
-             "domains": ["history", "philosophy", "law", "psychology"]},
-            {"name": "general", "model": "echo-general", "api_base": upstream_v1,
-             "domains": ["business", "economics", "health", "biology", "other"]},
+            {
+                "name": "stem",
+                "model": "echo-stem",
+                "api_base": upstream_v1,
+                "domains": ["math", "physics", "chemistry", "engineering", "computer science"],
+            },
+            {
+                "name": "humanities",
+                "model": "echo-humanities",
+                "api_base": upstream_v1,
+                "domains": ["history", "philosophy", "law", "psychology"],
+            },
+            {
+                "name": "general",
+                "model": "echo-general",
+                "api_base": upstream_v1,
+                "domains": ["business", "economics", "health", "biology", "other"],
+            },
         ],
         "routers": [{"name": "embedding", "artifact": str(ARTIFACT)}],
         "virtual_models": [{"name": "moe-auto", "router": "embedding"}],
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "MOE_CONFIG": str(work / "config.yaml"), "DATABASE_URL": f"sqlite:///{work}/bench.db",
-           "MOE_SPILL_DIR": str(work / "spill"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "MOE_CONFIG": str(work / "config.yaml"),
+        "DATABASE_URL": f"sqlite:///{work}/bench.db",
+        "MOE_SPILL_DIR": str(work / "spill"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     subprocess.run([sys.executable, "-m", "gateway.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
     procs = [
         subprocess.Popen([sys.executable, "-m", "tests.upstream", "--port", str(upstream_port)], env=env, cwd=ROOT),
-        subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)], env=env, cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=open(work / "gateway.log", "w")),  # noqa: SIM115
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "gateway.log", "w"),  # noqa: SIM115 - the child owns it until it exits
+        ),
     ]
     try:
         wait_http(f"{upstream_v1}/models")
@@ -133,7 +156,9 @@ def main() -> None:
         for concurrency in args.concurrency:
             for name, (url, model) in targets.items():
                 asyncio.run(run_load(url, model, prompts[:50], concurrency))  # warm-up
-                results.setdefault(f"c{concurrency}", {})[name] = asyncio.run(run_load(url, model, prompts, concurrency))
+                results.setdefault(f"c{concurrency}", {})[name] = asyncio.run(
+                    run_load(url, model, prompts, concurrency)
+                )
             row = results[f"c{concurrency}"]
             for name in ("gateway_routed", "gateway_expert"):
                 row[f"{name}_added_p50_ms"] = round(row[name]["p50_ms"] - row["direct"]["p50_ms"], 3)
@@ -157,8 +182,14 @@ def main() -> None:
         for name in targets:
             r = row[name]
             table.add_row(conc, name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.0f}", str(r["errors"]))
-        table.add_row(conc, "added p50 (routed / expert)",
-                      f"{row['gateway_routed_added_p50_ms']:.2f} / {row['gateway_expert_added_p50_ms']:.2f}", "", "", "")
+        table.add_row(
+            conc,
+            "added p50 (routed / expert)",
+            f"{row['gateway_routed_added_p50_ms']:.2f} / {row['gateway_expert_added_p50_ms']:.2f}",
+            "",
+            "",
+            "",
+        )
     console.print(table)
     console.print(f"written to {args.out}")
 

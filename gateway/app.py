@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         try:
             yield
         finally:
+            app.state.service.close()
             await health.stop()
             await state.stop()
             await decision_log.stop()

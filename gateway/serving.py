@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -78,8 +79,14 @@ class ChatService:
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.clients = {e.name: ExpertClient(e) for e in config.experts}
+        # One thread for all routing: a router's model already uses every core for one query, and
+        # several decisions at once would only contend for them (measured slower under load).
+        self._routing_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router")
         self._virtual = {v.name: v for v in config.virtual_models}
         self._experts = {e.name: e for e in config.experts}
+
+    def close(self) -> None:
+        self._routing_thread.shutdown(wait=False, cancel_futures=True)
 
     def _record(self, record: DecisionRecord) -> None:
         """The one exit of every routed request: metrics, then the decision log."""
@@ -118,7 +125,9 @@ class ChatService:
             return [target.expert.name]
         started = time.perf_counter()
         messages = body.wire_messages()
-        decision: Decision = await asyncio.to_thread(target.router.decide, messages, target.policy)
+        decision: Decision = await asyncio.get_running_loop().run_in_executor(
+            self._routing_thread, target.router.decide, messages, target.policy
+        )
         record.routing_ms = _ms(started)
         record.router = decision.router
         record.router_version = decision.version

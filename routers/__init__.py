@@ -15,6 +15,9 @@ from routers.base import Decision, ExpertProfile, ExpertScore, Manifest, Router
 # family -> "module:Class"
 FAMILIES: dict[str, str] = {
     "embedding-domain": "routers.embedding:EmbeddingDomainRouter",
+    "bert-domain": "routers.modem:BertDomainRouter",
+    "reward-distilled": "routers.zooter:RewardDistilledRouter",
+    "skill-based": "routers.symbolic:SkillBasedRouter",
 }
 
 

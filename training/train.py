@@ -1,12 +1,14 @@
-"""Train a router on the MMLU-Pro pool's train split, score it on dev, write its versioned artifact.
+"""Train a router on a RoutingDataset's train split (the MMLU-Pro pool by default), tune and score it
+on dev, write its versioned artifact.
 
-Needs no gateway code: the experts come from the `experts:` list of a config YAML read here.
+Needs no gateway code: embedding-domain routes between the `experts:` of a config YAML read here,
+the other families between the experts the dataset scores.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import yaml
 
 from routers import FAMILIES, ExpertProfile, Router
-from training.pool import Pool, load_pool
+from training.dataset import RoutingDataset, load_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "gateway" / "default.yaml"
 
@@ -54,20 +56,46 @@ def stratified_sample(categories: np.ndarray, limit: int, seed: int = 0) -> np.n
     return order[np.argsort(rank_in_category, kind="stable")[:limit]]
 
 
-def _fit_embedding_domain(train: Pool, dev: Pool, experts: list[ExpertProfile]) -> Router:
+def _fit_embedding_domain(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
     from routers.embedding import EmbeddingDomainRouter
 
-    return EmbeddingDomainRouter(experts).fit(
-        train.questions.tolist(),
-        train.categories.tolist(),
-        dev_texts=dev.questions.tolist(),
-        dev_domains=dev.categories.tolist(),
+    # Routes by the domains the config's experts declare, not between the dataset's experts.
+    return EmbeddingDomainRouter(load_expert_profiles(config)).fit(
+        train.queries.tolist(),
+        train.domains.tolist(),
+        dev_texts=dev.queries.tolist(),
+        dev_domains=dev.domains.tolist(),
     )
 
 
-# family -> how to fit it on (train, dev, experts); the families a pool-trained router exists for.
-TRAINERS: dict[str, Callable[[Pool, Pool, list[ExpertProfile]], Router]] = {
+def _fit_bert_domain(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+    from routers.modem import BertDomainRouter
+    from routers.quality import profiles_of
+
+    return BertDomainRouter(profiles_of(train)).fit(train, dev)
+
+
+def _fit_reward_distilled(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+    from routers.quality import profiles_of
+    from routers.zooter import RewardDistilledRouter
+
+    return RewardDistilledRouter(profiles_of(train)).fit(train, dev)
+
+
+def _fit_skill_based(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+    from routers.quality import profiles_of
+    from routers.symbolic import SkillBasedRouter
+
+    return SkillBasedRouter(profiles_of(train)).fit(train, dev)
+
+
+# family -> how to fit it on (train, dev, gateway config); the families a trained router exists for.
+# embedding-domain routes between the config's experts, the others between the dataset's.
+TRAINERS: dict[str, Callable[[RoutingDataset, RoutingDataset, Path], Router]] = {
     "embedding-domain": _fit_embedding_domain,
+    "bert-domain": _fit_bert_domain,
+    "reward-distilled": _fit_reward_distilled,
+    "skill-based": _fit_skill_based,
 }
 
 
@@ -78,21 +106,26 @@ def train_router(
     config: Path = DEFAULT_CONFIG,
     pool_dir: Path | None = None,
     limit: int | None = None,
+    dataset: RoutingDataset | Path | str | None = None,
+    experts: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Fit `family` on the pool's train split (dev for metrics) and save it to `out`.
+    """Fit `family` on a dataset's train split (dev for tuning and metrics) and save it to `out`.
 
-    `limit` keeps that many train and that many dev questions, spread over the categories: for quick
+    `dataset`: a RoutingDataset, a `.jsonl` file or a pool directory (default: the pool at
+    `pool_dir`); `experts` keeps only those experts' columns (e.g. the small-experts scenario).
+    `limit` keeps that many train and that many dev questions, spread over the domains: for quick
     runs and tests.
     """
     if family not in TRAINERS:
         raise ValueError(f"no trainer for family {family!r}; trainable: {sorted(TRAINERS)} (known: {sorted(FAMILIES)})")
     started = time.perf_counter()
-    experts = load_expert_profiles(config)
-    pool = load_pool(pool_dir)
-    train, dev = pool.of_split("train"), pool.of_split("dev")
+    data = dataset if isinstance(dataset, RoutingDataset) else load_dataset(dataset or pool_dir)
+    if experts is not None:
+        data = data.with_experts(experts)
+    train, dev = data.of_split("train"), data.of_split("dev")
     if limit is not None:
-        train = train.subset(stratified_sample(train.categories, limit))
-        dev = dev.subset(stratified_sample(dev.categories, limit))
-    router = TRAINERS[family](train, dev, experts)
+        train = train.subset(stratified_sample(train.domains, limit))
+        dev = dev.subset(stratified_sample(dev.domains, limit))
+    router = TRAINERS[family](train, dev, config)
     router.save(out)
     return TrainResult(router, out, time.perf_counter() - started)

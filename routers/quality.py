@@ -1,0 +1,87 @@
+"""What the dataset-trained families share: experts taken from the data, quality tables, the manifest.
+
+`bert-domain`, `reward-distilled` and `skill-based` route between the experts a RoutingDataset
+scores (the pool's models, or a user's own names) and predict, per query, each expert's quality in
+the dataset's reward units (for the pool: the probability its answer is right). Columns follow
+`manifest.experts`; whatever profiles the gateway passes at load time are put in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from routers.base import ExpertProfile, Manifest, Router, data_hash
+
+if TYPE_CHECKING:
+    from training.dataset import RoutingDataset
+
+
+def profiles_of(dataset: RoutingDataset) -> list[ExpertProfile]:
+    return [ExpertProfile(name) for name in dataset.experts]
+
+
+def aligned_profiles(names: Sequence[str], experts: Sequence[ExpertProfile]) -> list[ExpertProfile]:
+    """The given profiles in the artifact's column order; every expert the router was trained on must be there."""
+    by_name = {expert.name: expert for expert in experts}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"the router was trained for experts {missing} that are not configured")
+    return [by_name[name] for name in names]
+
+
+def smoothed_quality(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str], strength: float) -> np.ndarray:
+    """Shape (len(classes), m): mean score of each expert per label, shrunk toward the expert's global mean.
+
+    A Beta(strength * global, strength * (1 - global)) prior for 0/1 rewards: a label seen a few
+    times says little, so its row stays close to the expert's overall quality.
+    """
+    overall = scores.mean(axis=0)
+    table = np.empty((len(classes), scores.shape[1]))
+    for row, label in enumerate(classes):
+        members = labels == label
+        table[row] = (scores[members].sum(axis=0) + strength * overall) / (members.sum() + strength)
+    return table
+
+
+def routing_metrics(prefix: str, predicted: np.ndarray, dataset: RoutingDataset) -> dict[str, float]:
+    """Mean reward of the argmax pick, against the best single expert and the oracle on the same rows."""
+    picked = dataset.scores[np.arange(len(dataset)), np.argmax(predicted, axis=1)]
+    return {
+        f"n_{prefix}": float(len(dataset)),
+        f"{prefix}_accuracy": float(picked.mean()),
+        f"{prefix}_best_single": float(dataset.scores.mean(axis=0).max()),
+        f"{prefix}_oracle": float(dataset.scores.max(axis=1).mean()),
+    }
+
+
+class QualityRouter(Router):
+    """A router whose `score` is each expert's expected quality, trained on a RoutingDataset."""
+
+    def _manifest(
+        self, name: str, train: RoutingDataset, dev: RoutingDataset, metrics: dict[str, float], params: dict[str, Any]
+    ) -> Manifest:
+        rows = [
+            {"query": q, "scores": s, "split": split}
+            for part, split in ((train, "train"), (dev, "dev"))
+            for q, s in zip(part.queries.tolist(), part.scores.tolist(), strict=True)
+        ]
+        return Manifest(
+            family=self.family,
+            name=name,
+            version=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+            data_hash=data_hash(rows),
+            experts=list(train.experts),
+            metrics={"n_train": float(len(train)), **metrics},
+            # The cost policy trades quality against this, aligned with `experts`.
+            params={"mean_cost": train.mean_cost().tolist(), **params},
+        )
+
+    @classmethod
+    def load(cls, directory: Path, experts: Sequence[ExpertProfile]) -> Router:
+        manifest = Manifest.read(directory)
+        return cls._load(directory, manifest, aligned_profiles(manifest.experts, experts))

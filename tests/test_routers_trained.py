@@ -1,0 +1,197 @@
+"""bert-domain, reward-distilled, skill-based: trained for real on small subsets, saved, reloaded, asked to route.
+
+On the pool (small experts), a maths question must go to an expert strong at maths; on a JSONL of
+made-up experts ("alpha" right on maths, "beta" on history), every family must learn that split
+with no code change.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers import Decision, ExpertProfile, load_router
+from training.dataset import load_dataset
+from training.pool import default_pool_dir
+from training.train import train_router
+
+FAMILIES = ("bert-domain", "reward-distilled", "skill-based")
+SMALL = ["Meta-Llama-3_1-8B-Instruct", "mathstral-7B", "Phi-3-mini-4k-instruct"]
+# Phi-3 trails both others on the pool's maths questions, whichever of those two a subset favours.
+STRONG_AT_MATHS = {"Meta-Llama-3_1-8B-Instruct", "mathstral-7B"}
+MATHS = "Solve for x: 3x^2 - 12x + 9 = 0. What is the sum of the roots of the equation?"
+HISTORY = "Which treaty ended the Thirty Years' War in 1648, and which empires signed it?"
+# Train and dev questions each, spread over the 14 categories; fine-tuning MiniLM costs the most.
+LIMIT = {"bert-domain": 140, "reward-distilled": 420, "skill-based": 420}
+
+
+def ask(router_dir: Path, experts: list[ExpertProfile], text: str) -> Decision:
+    return load_router(router_dir, experts).decide([{"role": "user", "content": text}])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+class Artifacts:
+    """Trains a family the first time a test asks for it, so `-k family` trains that family only."""
+
+    def __init__(self, root: Path, *, limits: dict[str, int] | None = None, **train_options: object) -> None:
+        self.root = root
+        self.limits = limits or {}
+        self.train_options = train_options
+        self.trained: set[str] = set()
+
+    def __getitem__(self, family: str) -> Path:
+        if family not in self.trained:
+            train_router(family, self.root / family, limit=self.limits.get(family), **self.train_options)
+            self.trained.add(family)
+        return self.root / family
+
+
+@pytest.fixture(scope="module")
+def pool_artifacts(cache: None, tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    if not default_pool_dir().is_dir():
+        pytest.skip("the shared MMLU-Pro pool is not here")
+    return Artifacts(tmp_path_factory.mktemp("pool-routers"), limits=LIMIT, experts=SMALL)
+
+
+@pytest.fixture(scope="module")
+def jsonl_artifacts(cache: None, tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    root = tmp_path_factory.mktemp("jsonl-routers")
+    (root / "made_up.jsonl").write_text("".join(json.dumps(row) + "\n" for row in made_up_rows()))
+    return Artifacts(root, dataset=root / "made_up.jsonl")
+
+
+def made_up_rows(n: int = 240) -> list[dict]:
+    """Maths queries that only alpha answers well, history queries that only beta does; no tags."""
+    rng = random.Random(0)
+    maths = [
+        "Compute the derivative of {a}x^{b} + {c}x with respect to x.",
+        "What is the integral of x^{b} from 0 to {a}?",
+        "Solve the equation {a}x + {c} = {b} for x.",
+        "Find the determinant of the matrix [[{a}, {b}], [{c}, {a}]].",
+        "How many prime numbers are there between {a} and {a}{b}?",
+    ]
+    history = [
+        "Which emperor ruled Rome in the year {a}{b} AD, and what wars did he fight?",
+        "What caused the fall of the {dynasty} dynasty in ancient China?",
+        "Who led the revolution of {a}{c}{b} in France, and what did it change?",
+        "Describe the trade routes of the medieval {dynasty} kingdom.",
+        "Which treaty ended the war between {dynasty} and its neighbours in the {a}th century?",
+    ]
+    dynasties = ["Han", "Tang", "Ming", "Song", "Qing", "Habsburg", "Ottoman", "Tudor"]
+    rows = []
+    for i in range(n):
+        is_maths = i % 2 == 0
+        text = rng.choice(maths if is_maths else history).format(
+            a=rng.randint(2, 9), b=rng.randint(2, 9), c=rng.randint(1, 9), dynasty=rng.choice(dynasties)
+        )
+        noisy = rng.random() < 0.1
+        alpha_right = is_maths != noisy
+        rows.append(
+            {
+                "query": f"{text} (#{i})",
+                "scores": {"alpha": float(alpha_right), "beta": float(not alpha_right)},
+                "costs": {"alpha": 0.002, "beta": 0.001},
+                "domain": "maths" if is_maths else "history",
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pool_router_routes_maths_to_a_maths_expert(family: str, pool_artifacts: Artifacts) -> None:
+    directory = pool_artifacts[family]
+    manifest = json.loads((directory / "router.json").read_text())
+    assert manifest["family"] == family
+    assert manifest["experts"] == SMALL
+    assert len(manifest["data_hash"]) == 16 and manifest["version"]
+    assert manifest["metrics"]["n_train"] == LIMIT[family]
+    assert 0.3 < manifest["metrics"]["dev_accuracy"] <= manifest["metrics"]["dev_oracle"]
+    mean_cost = manifest["params"]["mean_cost"]
+    assert len(mean_cost) == len(SMALL) and all(cost > 0 for cost in mean_cost)
+    assert mean_cost[SMALL.index("Phi-3-mini-4k-instruct")] == min(mean_cost)  # the cheapest model
+
+    experts = [ExpertProfile(name) for name in reversed(SMALL)]  # any order: columns follow the manifest
+    router = load_router(directory, experts)
+    scores = router.score([MATHS, HISTORY, "hello"])
+    assert scores.shape == (3, len(SMALL))
+    assert np.all((scores >= 0) & (scores <= 1))  # expected correctness
+    np.testing.assert_allclose(router.score([HISTORY])[0], scores[1], atol=1e-5)
+    maths = ask(directory, experts, MATHS)
+    assert maths.chosen in STRONG_AT_MATHS
+    assert maths.router == family and maths.version == manifest["version"]
+
+
+def test_loading_without_a_trained_expert_fails(pool_artifacts: Artifacts) -> None:
+    with pytest.raises(ValueError, match="mathstral-7B"):
+        load_router(pool_artifacts["skill-based"], [ExpertProfile(name) for name in SMALL if name != "mathstral-7B"])
+
+
+def test_skill_based_recruits_k_experts_and_names_an_aggregator(pool_artifacts: Artifacts) -> None:
+    directory = pool_artifacts["skill-based"]
+    manifest = json.loads((directory / "router.json").read_text())
+    assert manifest["params"]["k"] == 1 and manifest["params"]["skill_vocabulary"] == "tags"
+    manifest["params"]["k"] = 2
+    (directory / "router.json").write_text(json.dumps(manifest))
+    decision = ask(directory, [ExpertProfile(name) for name in SMALL], MATHS)
+    assert decision.recruited == [ranked.name for ranked in decision.ranked[:2]]
+    assert decision.aggregator == manifest["params"]["aggregator"] in SMALL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_jsonl_experts_route_with_no_code_change(family: str, jsonl_artifacts: Artifacts) -> None:
+    directory = jsonl_artifacts[family]
+    manifest = json.loads((directory / "router.json").read_text())
+    assert manifest["experts"] == ["alpha", "beta"]
+    assert manifest["params"]["mean_cost"] == pytest.approx([0.002, 0.001])
+    experts = [ExpertProfile("alpha"), ExpertProfile("beta")]
+    assert ask(directory, experts, "What is the integral of x^3 from 0 to 5?").chosen == "alpha"
+    assert ask(directory, experts, "What caused the fall of the Ming dynasty in ancient China?").chosen == "beta"
+    test = load_dataset(directory.parent / "made_up.jsonl").of_split("test")
+    picks = load_router(directory, experts).score(test.queries.tolist()).argmax(axis=1)
+    assert test.scores[np.arange(len(test)), picks].mean() > 0.8
+
+
+def test_each_family_routes_live_requests_in_the_gateway(pool_artifacts: Artifacts, upstream: str, sqlite_url: str,
+                                                         tmp_path: Path) -> None:
+    """Every family loads in a running gateway and routes real requests, with a cost knob too."""
+    import openai
+
+    from gateway.config import GatewayConfig
+    from tests.conftest import decisions, running_gateway, wait_for
+
+    prices = {"Meta-Llama-3_1-8B-Instruct": 0.18, "mathstral-7B": 0.20, "Phi-3-mini-4k-instruct": 0.10}
+    config = GatewayConfig.model_validate({
+        "experts": [{"name": n, "model": f"echo-{n}", "api_base": f"{upstream}/v1", "price_per_mtok": prices[n]}
+                    for n in SMALL],
+        "routers": [{"name": f, "artifact": str(pool_artifacts[f])} for f in FAMILIES],
+        "virtual_models": [{"name": f"moe-{f}", "router": f} for f in FAMILIES],
+    })
+    with running_gateway(config, sqlite_url, tmp_path) as gw:
+        client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+        for family in FAMILIES:
+            raw = client.chat.completions.with_raw_response.create(
+                model=f"moe-{family}", messages=[{"role": "user", "content": MATHS}]
+            )
+            assert raw.headers["x-moe-router"].startswith(f"{family}@")
+            assert raw.headers["x-moe-expert"] in STRONG_AT_MATHS
+            assert raw.parse().choices[0].message.content == f"[echo-{raw.headers['x-moe-expert']}] {MATHS}"
+            thrifty = client.chat.completions.with_raw_response.create(
+                model=f"moe-{family}:100000", messages=[{"role": "user", "content": MATHS}]
+            )
+            assert thrifty.headers["x-moe-expert"] == "Phi-3-mini-4k-instruct"  # the cheapest, whatever its quality
+    wait_for(lambda: len(decisions(sqlite_url)) == 2 * len(FAMILIES), what="every record")
+    rows = decisions(sqlite_url)
+    assert {r.router for r in rows} == set(FAMILIES)
+    skill = [r for r in rows if r.router == "skill-based"]
+    assert all(r.recruited for r in skill)
