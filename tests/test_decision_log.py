@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from alembic import command
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
-
-from alembic import command
 
 from gateway.migrate import alembic_config, downgrade, upgrade
 from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, routed_config, running_gateway, wait_for
