@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -115,7 +113,7 @@ def up(
 
             console.print(f"[bold]training router {router.name}[/bold] into {router.artifact} (first run only)")
             train_router("embedding-domain", router.artifact)
-    with running_servers(config, console=console) if config.servers else _nothing() as _servers:
+    with running_servers(config, console=console):  # a config without servers starts none
         server = uvicorn.Server(uvicorn.Config(create_app(settings, config), host="127.0.0.1", port=port,
                                                access_log=False, log_level="warning"))
         outcome: dict[str, BaseException] = {}
@@ -152,11 +150,6 @@ def _ask(base_url: str, model: str, question: str) -> None:
     console.print(f"[bold]routed to[/bold] {raw.headers['x-moe-expert']} by {raw.headers.get('x-moe-router')} "
                   f"(decision {raw.headers['x-moe-decision-id']})")
     console.print(f"[bold]A:[/bold] {answer}")
-
-
-@contextmanager
-def _nothing() -> Iterator[list[object]]:
-    yield []
 
 
 @db_app.command("upgrade")

@@ -79,8 +79,8 @@ class ChatService:
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.clients = {e.name: ExpertClient(e) for e in config.experts}
-        # One thread for all routing: a router's model already uses every core for one query, and
-        # several decisions at once would only contend for them (measured slower under load).
+        # One thread for all routing: a router's model already uses both cores for one query, so
+        # several decisions at once would contend for them (not yet A/B-measured against to_thread).
         self._routing_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router")
         self._virtual = {v.name: v for v in config.virtual_models}
         self._experts = {e.name: e for e in config.experts}
@@ -141,7 +141,10 @@ class ChatService:
         return up + [n for n in ranked if n not in up]
 
     def _new_record(self, body: ChatCompletionRequest, target: Target) -> DecisionRecord:
-        canonical = json.dumps(body.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":"))
+        # One hash of what decides the answer: the record's request_hash and the response-cache key.
+        # Streamed or not, and who asked (`user`), do not change the answer; everything else does.
+        content = body.model_dump(exclude_none=True, exclude={"stream", "stream_options", "user"})
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return DecisionRecord(
             requested_model=target.requested,
             virtual_model=target.virtual_model.name if target.virtual_model else None,
@@ -229,7 +232,7 @@ class ChatService:
         raise self._all_failed(failures)
 
     async def _complete(self, body: ChatCompletionRequest, target: Target, record: DecisionRecord) -> dict[str, Any]:
-        if target.use_cache and (cached := await self._cache_lookup(body, record)) is not None:
+        if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
             return _openai_completion(cached, record)
         candidates = await self._route(target, body, record)
         messages, params = body.wire_messages(), body.upstream_params()
@@ -245,7 +248,7 @@ class ChatService:
         record.ttft_ms = record.upstream_ms
         completion = _openai_completion(payload, record)
         if target.use_cache:
-            await self._cache_store(body, completion)
+            await self._cache_store(record, completion)
         return completion
 
     # -- streaming ----------------------------------------------------------------------------
@@ -275,7 +278,7 @@ class ChatService:
     async def _open_stream(
         self, body: ChatCompletionRequest, target: Target, record: DecisionRecord
     ) -> _OpenStream:
-        if target.use_cache and (cached := await self._cache_lookup(body, record)) is not None:
+        if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
             return _OpenStream(None, _replay(cached), _CACHED_FIRST, time.perf_counter())
         candidates = await self._route(target, body, record)
         messages, params = body.wire_messages(), body.upstream_params()
@@ -328,7 +331,7 @@ class ChatService:
                 call.status = "ok"
                 if use_cache and cacheable:
                     message = {"role": "assistant", "content": "".join(text)}
-                    await self._cache_store(body, {"model": record.chosen_expert, "usage": _usage(usage),
+                    await self._cache_store(record, {"model": record.chosen_expert, "usage": _usage(usage),
                                                    "choices": [{"index": 0, "message": message,
                                                                 "finish_reason": finish_reason}]})
         except ExpertFailure as failure:
@@ -351,13 +354,8 @@ class ChatService:
             self._record(record)
 
     # -- response cache -----------------------------------------------------------------------
-    def _cache_key(self, body: ChatCompletionRequest) -> str:
-        # Streamed or not, and who asked (`user`), do not change the answer; everything else does.
-        content = body.model_dump(exclude_none=True, exclude={"stream", "stream_options", "user"})
-        return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-    async def _cache_lookup(self, body: ChatCompletionRequest, record: DecisionRecord) -> dict[str, Any] | None:
-        cached = await self.state.cache_get(self._cache_key(body))
+    async def _cache_lookup(self, record: DecisionRecord) -> dict[str, Any] | None:
+        cached = await self.state.cache_get(record.request_hash)
         record.cache_hit = cached is not None
         if cached is not None:
             record.chosen_expert = cached.get("model")
@@ -367,8 +365,8 @@ class ChatService:
             record.cost_usd = 0.0  # no expert was called
         return cached
 
-    async def _cache_store(self, body: ChatCompletionRequest, completion: dict[str, Any]) -> None:
-        await self.state.cache_put(self._cache_key(body), {k: completion[k] for k in ("model", "choices", "usage")})
+    async def _cache_store(self, record: DecisionRecord, completion: dict[str, Any]) -> None:
+        await self.state.cache_put(record.request_hash, {k: completion[k] for k in ("model", "choices", "usage")})
 
 
 @dataclass
