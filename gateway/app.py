@@ -7,9 +7,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,14 +17,21 @@ from experts.health import HealthMonitor
 from gateway.config import GatewayConfig, load_config
 from gateway.decision_log import DecisionLog, make_engine
 from gateway.errors import BodyLimit, install_error_handlers
+from gateway.keys import ApiKey, KeyGuard, KeyStore, admin_routes, caller, metered_caller
 from gateway.metrics import GatewayMetrics
 from gateway.overload import InFlight, InFlightLimit
 from gateway.protocol import ChatCompletionRequest
+from gateway.rate_limit import RateLimiter
 from gateway.serving import ChatService
 from gateway.settings import Settings
 from gateway.shared_state import BreakerSettings, SharedState
 from routers import Router, load_router
 from routers.policy import parse_knob
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from gateway.tracing import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,10 @@ def load_routers(config: GatewayConfig) -> dict[str, Router]:
     return routers
 
 
-def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, config: GatewayConfig | None = None, *, span_exporter: SpanExporter | None = None
+) -> FastAPI:
+    """The gateway; with MOE_OTEL on, spans go to `span_exporter` (default: OTLP per the OTEL_* variables)."""
     settings = settings or Settings()
     config = config or load_config(settings.moe_config)
 
@@ -72,19 +82,27 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             settings.moe_breaker_threshold, settings.moe_breaker_window_s, settings.moe_breaker_cooldown_s
         )
         state = SharedState(settings.redis_url, cache_ttl_s=settings.moe_cache_ttl_s, breaker=breaker)
+        keys = KeyGuard(KeyStore(decision_log.engine), RateLimiter(state),
+                        required=settings.moe_require_api_key, cache_ttl_s=settings.moe_key_cache_ttl_s)
         await decision_log.start()
         await health.start()
         await state.start()
+        await keys.start()
+        app.state.keys = keys
         app.state.service = ChatService(
-            config, routers, decision_log, health, state, metrics=metrics, log_prompts=settings.moe_log_prompts
+            config, routers, decision_log, health, state, keys=keys, metrics=metrics,
+            log_prompts=settings.moe_log_prompts, tracer=tracer,
         )
         try:
             yield
         finally:
             app.state.service.close()
             await health.stop()
+            await keys.stop()  # before Redis and the database it writes to go away
             await state.stop()
             await decision_log.stop()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.shutdown)
 
     metrics = GatewayMetrics()
     app = FastAPI(title="moe-gateway", version="0.1.0", lifespan=lifespan)
@@ -92,15 +110,23 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes)
     in_flight = InFlight(settings.moe_max_in_flight)
     app.add_middleware(InFlightLimit, state=in_flight)
+    tracer: RequestTracer | None = None  # off: no middleware, no spans, the instrumentation never imported
+    if settings.moe_otel:
+        from gateway.tracing import install as install_tracing
+
+        tracer = install_tracing(app, span_exporter)
+    app.include_router(admin_routes)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, key: Annotated[ApiKey | None, Depends(metered_caller)]
+    ) -> Response:
         service: ChatService = request.app.state.service
         if body.stream:
-            return await service.stream(body, request)
-        return await service.complete(body, request)
+            return await service.stream(body, request, key)
+        return await service.complete(body, request, key)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Depends(caller)])
     async def list_models(request: Request) -> dict[str, Any]:
         service: ChatService = request.app.state.service
         created = int(time.time())

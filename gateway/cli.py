@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,11 +16,18 @@ from gateway.config import ConfigError, load_config
 from gateway.settings import Settings
 from training.cli import app as router_app
 
+if TYPE_CHECKING:
+    from gateway.keys import KeyStore
+
 app = typer.Typer(help="Model-routing OpenAI-compatible gateway.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Decision-log database migrations.", no_args_is_help=True)
 experts_app = typer.Typer(help="Local vLLM expert servers.", no_args_is_help=True)
+batch_app = typer.Typer(help="Offline batches of chat requests (OpenAI Batch API files).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(experts_app, name="experts")
+keys_app = typer.Typer(help="API keys, stored hashed in the DATABASE_URL database.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(batch_app, name="batch")
 app.add_typer(router_app, name="router")
 console = Console(stderr=True)
 
@@ -42,13 +50,17 @@ def serve(
     import uvicorn
 
     from gateway.app import StartupError, create_app
+    from gateway.logs import logging_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     config = _config_or_exit(settings)
     try:
         application = create_app(settings, config)
-        uvicorn.run(application, host=host, port=port, workers=workers, access_log=False, log_level="info")
+        # On SIGTERM uvicorn stops accepting, lets in-flight requests (streams too) finish for up to
+        # MOE_DRAIN_S, cancels the rest, then runs the lifespan's shutdown, which flushes the decision log.
+        # Its access log stays off: the gateway logs one line per chat request from the decision record.
+        uvicorn.run(application, host=host, port=port, workers=workers, access_log=False, log_level="info",
+                    log_config=logging_config(settings.moe_log_format), timeout_graceful_shutdown=settings.moe_drain_s)
     except StartupError as exc:
         console.print(f"[red]cannot start[/red]: {exc}")
         raise typer.Exit(1) from None
@@ -152,6 +164,30 @@ def _ask(base_url: str, model: str, question: str) -> None:
     console.print(f"[bold]A:[/bold] {answer}")
 
 
+@batch_app.command("run")
+def batch_run(
+    source: Annotated[Path, typer.Argument(help="JSONL: OpenAI Batch API lines or bare chat bodies", exists=True,
+                                           dir_okay=False)],
+    out: Annotated[Path, typer.Argument(help="JSONL of OpenAI Batch output lines, in input order")],
+    config: Annotated[Path | None, typer.Option(help="config file (default: MOE_CONFIG)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight per expert (also capped by its "
+                                                        "max_concurrency)")] = 8,
+) -> None:
+    """Route every request, then send each expert its requests together. Rerun after a kill to resume."""
+    import asyncio
+
+    from gateway.batch import BatchError, run_batch
+
+    settings = Settings() if config is None else Settings(moe_config=config)
+    gateway_config = _config_or_exit(settings)
+    try:
+        summary = asyncio.run(run_batch(settings, gateway_config, source, out, concurrency=concurrency, console=console))
+    except BatchError as exc:
+        console.print(f"[red]cannot run the batch[/red]: {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"[green]done[/green]: {summary}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations to DATABASE_URL."""
@@ -170,6 +206,75 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     settings = Settings()
     downgrade(settings.database_url, revision)
     console.print(f"[yellow]database at {revision}[/yellow]: {_redact(settings.database_url)}")
+
+
+@contextmanager
+def _key_store() -> Iterator[KeyStore]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.decision_log import make_engine
+    from gateway.keys import KeyStore
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        yield KeyStore(engine)
+    except SQLAlchemyError as exc:
+        console.print(f"[red]database error[/red] on {_redact(settings.database_url)} "
+                      f"(is it migrated? `moe db upgrade`): {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="what the key is for")],
+    tenant: Annotated[str, typer.Option(help="who it belongs to; tenants never share cached answers")],
+    rpm: Annotated[int | None, typer.Option(min=1, help="requests per minute (default: unlimited)")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="tokens per minute (default: unlimited)")] = None,
+    budget_usd: Annotated[float | None, typer.Option(min=0, help="spend limit in USD (default: unlimited)")] = None,
+    admin: Annotated[bool, typer.Option(help="may manage keys through /v1/admin/keys")] = False,
+) -> None:
+    """Create a key and print it: it is shown this once (stdout has only the key, for scripts)."""
+    from gateway.keys import NewKey
+
+    new = NewKey(name=name, tenant=tenant, rpm_limit=rpm, tpm_limit=tpm, budget_usd=budget_usd, admin=admin)
+    with _key_store() as store:
+        created = store.create(new)
+    typer.echo(created.key)
+    console.print(f"[green]created key {created.id}[/green] ({created.key_prefix}...) for tenant {created.tenant}; "
+                  "store it now, it cannot be shown again")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (their prefixes, never the keys)."""
+    from rich.table import Table
+
+    with _key_store() as store:
+        keys = store.list()
+    table = Table("id", "name", "tenant", "prefix", "admin", "rpm", "tpm", "budget USD", "spent USD", "created", "revoked")
+    for k in keys:
+        table.add_row(str(k.id), k.name, k.tenant, f"{k.key_prefix}...", "yes" if k.admin else "",
+                      _or_dash(k.rpm_limit), _or_dash(k.tpm_limit), _or_dash(k.budget_usd), f"{k.spent_usd:.6f}",
+                      f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    Console(width=200).print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(metavar="ID", help="the key's id (see `moe keys list`)")]) -> None:
+    """Revoke a key: gateways refuse it within MOE_KEY_CACHE_TTL_S."""
+    with _key_store() as store:
+        key = store.revoke(key_id)
+    if key is None:
+        console.print(f"[red]no key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[yellow]revoked key {key.id}[/yellow] ({key.key_prefix}...)")
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 def _redact(url: str) -> str:

@@ -72,6 +72,8 @@ class DecisionRecord:
     http_status: int = 200
     error: str | None = None
     prompt: str | None = None
+    api_key_id: int | None = None  # who asked, when API keys are required
+    tenant: str | None = None
     calls: list[ExpertCall] = field(default_factory=list)
 
     def to_json(self) -> str:

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _unicode(text: str) -> str:
+    # JSON may escape a lone surrogate ("\\ud800"): valid JSON, but no text a tokenizer or an expert can take.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text is not valid Unicode (it holds a lone surrogate)") from None
+    return text
+
+
+# Message text: what routers read and experts answer.
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class _Wire(BaseModel):
@@ -14,7 +27,7 @@ class _Wire(BaseModel):
 
 class TextPart(_Wire):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageURL(_Wire):
@@ -38,7 +51,7 @@ class AudioPart(_Wire):
 
 
 ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
-Content = str | list[ContentPart]
+Content = Text | list[ContentPart]
 
 
 class FunctionCall(_Wire):
@@ -54,7 +67,7 @@ class ToolCall(_Wire):
 
 class SystemMessage(_Wire):
     role: Literal["system", "developer"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
     name: str | None = None
 
 
@@ -66,7 +79,7 @@ class UserMessage(_Wire):
 
 class AssistantMessage(_Wire):
     role: Literal["assistant"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -79,7 +92,7 @@ class AssistantMessage(_Wire):
 
 class ToolMessage(_Wire):
     role: Literal["tool"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
     tool_call_id: str
 
 

@@ -1,4 +1,4 @@
-"""The decision log's tables: one row per request, one row per expert call. Alembic owns the schema."""
+"""The decision log's tables (one row per request, one per expert call) and the API keys. Alembic owns the schema."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ class DecisionRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
     prompt: Mapped[str | None] = mapped_column(Text)
+    # Who asked (null when API keys are not required). No foreign key: a log insert must never fail.
+    api_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    tenant: Mapped[str | None] = mapped_column(String(200), index=True)
     calls: Mapped[list[ExpertCallRow]] = relationship(order_by="ExpertCallRow.attempt", lazy="selectin")
 
 
@@ -61,3 +64,22 @@ class ExpertCallRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class ApiKeyRow(Base):
+    """An API key; the key itself is never stored, only its hash and a prefix to recognise it by."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 hex, see gateway.keys
+    key_prefix: Mapped[str] = mapped_column(String(20))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)  # null: unlimited
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    budget_usd: Mapped[float | None] = mapped_column(Float)
+    spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

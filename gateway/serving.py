@@ -11,10 +11,9 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -24,11 +23,17 @@ from experts.health import HealthMonitor
 from gateway.config import ExpertConfig, GatewayConfig, VirtualModelConfig
 from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall
 from gateway.errors import APIError, error_body
+from gateway.keys import ApiKey, KeyGuard
+from gateway.logs import log_request
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
+from gateway.routing import RoutingBatcher
 from gateway.shared_state import SharedState
-from routers.base import Decision, Router
+from routers.base import Router
 from routers.policy import CostPolicy, parse_knob
+
+if TYPE_CHECKING:  # tracing's instrumentation and exporter load only when it is on
+    from gateway.tracing import RequestTracer
 
 _T = TypeVar("_T")
 
@@ -68,30 +73,37 @@ class ChatService:
         health: HealthMonitor,
         state: SharedState,
         *,
+        keys: KeyGuard,
         metrics: GatewayMetrics,
         log_prompts: bool = False,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.config = config
         self.routers = dict(routers)
         self.decision_log = decision_log
         self.health = health
         self.state = state
+        self.keys = keys
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.tracer = tracer
         self.clients = {e.name: ExpertClient(e) for e in config.experts}
-        # One thread for all routing: a router's model already uses both cores for one query, so
-        # several decisions at once would contend for them (not yet A/B-measured against to_thread).
-        self._routing_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router")
+        self.batcher = RoutingBatcher()
         self._virtual = {v.name: v for v in config.virtual_models}
         self._experts = {e.name: e for e in config.experts}
 
     def close(self) -> None:
-        self._routing_thread.shutdown(wait=False, cancel_futures=True)
+        self.batcher.close()
 
     def _record(self, record: DecisionRecord) -> None:
-        """The one exit of every routed request: metrics, then the decision log."""
+        """The one exit of every routed request: metrics, the decision log, the caller's key usage, the access
+        log line and, with tracing on, its spans."""
         self.metrics.observe(record)
         self.decision_log.record(record)
+        self.keys.charge(record)
+        log_request(record)
+        if self.tracer is not None:
+            self.tracer.record(record)
 
     # -- resolution and routing ---------------------------------------------------------------
     def target(self, body: ChatCompletionRequest, request: Request) -> Target:
@@ -125,9 +137,7 @@ class ChatService:
             return [target.expert.name]
         started = time.perf_counter()
         messages = body.wire_messages()
-        decision: Decision = await asyncio.get_running_loop().run_in_executor(
-            self._routing_thread, target.router.decide, messages, target.policy
-        )
+        decision = await self.batcher.decide(target.router, messages, target.policy)
         record.routing_ms = _ms(started)
         record.router = decision.router
         record.router_version = decision.version
@@ -140,8 +150,8 @@ class ChatService:
         up = [n for n in ranked if self.health.status[n].healthy and n not in tripped]
         return up + [n for n in ranked if n not in up]
 
-    def _new_record(self, body: ChatCompletionRequest, target: Target) -> DecisionRecord:
-        # One hash of what decides the answer: the record's request_hash and the response-cache key.
+    def _new_record(self, body: ChatCompletionRequest, target: Target, key: ApiKey | None) -> DecisionRecord:
+        # One hash of what decides the answer: the record's request_hash and (per tenant) the response-cache key.
         # Streamed or not, and who asked (`user`), do not change the answer; everything else does.
         content = body.model_dump(exclude_none=True, exclude={"stream", "stream_options", "user"})
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
@@ -152,6 +162,8 @@ class ChatService:
             request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
             stream=body.stream,
             prompt=json.dumps(body.wire_messages()) if self.log_prompts else None,
+            api_key_id=key.id if key else None,
+            tenant=key.tenant if key else None,
         )
 
     def _headers(self, record: DecisionRecord) -> dict[str, str]:
@@ -190,9 +202,9 @@ class ChatService:
         return APIError(status, f"No expert could answer ({tried}).", code="experts_unavailable")
 
     # -- non-streaming ------------------------------------------------------------------------
-    async def complete(self, body: ChatCompletionRequest, request: Request) -> JSONResponse:
+    async def complete(self, body: ChatCompletionRequest, request: Request, key: ApiKey | None) -> JSONResponse:
         target = self.target(body, request)
-        record = self._new_record(body, target)
+        record = self._new_record(body, target, key)
         try:
             payload = await _unless_disconnected(request, self._complete(body, target, record))
             return JSONResponse(payload, headers=self._headers(record))
@@ -252,10 +264,12 @@ class ChatService:
         return completion
 
     # -- streaming ----------------------------------------------------------------------------
-    async def stream(self, body: ChatCompletionRequest, request: Request) -> StreamingResponse | JSONResponse:
+    async def stream(
+        self, body: ChatCompletionRequest, request: Request, key: ApiKey | None
+    ) -> StreamingResponse | JSONResponse:
         """Fallback is possible until the first chunk is in hand; headers wait for it so they name the expert."""
         target = self.target(body, request)
-        record = self._new_record(body, target)
+        record = self._new_record(body, target, key)
         try:
             opened = await _unless_disconnected(request, self._open_stream(body, target, record))
         except APIError as error:
@@ -355,7 +369,7 @@ class ChatService:
 
     # -- response cache -----------------------------------------------------------------------
     async def _cache_lookup(self, record: DecisionRecord) -> dict[str, Any] | None:
-        cached = await self.state.cache_get(record.request_hash)
+        cached = await self.state.cache_get(_cache_key(record))
         record.cache_hit = cached is not None
         if cached is not None:
             record.chosen_expert = cached.get("model")
@@ -366,7 +380,12 @@ class ChatService:
         return cached
 
     async def _cache_store(self, record: DecisionRecord, completion: dict[str, Any]) -> None:
-        await self.state.cache_put(record.request_hash, {k: completion[k] for k in ("model", "choices", "usage")})
+        await self.state.cache_put(_cache_key(record), {k: completion[k] for k in ("model", "choices", "usage")})
+
+
+def _cache_key(record: DecisionRecord) -> str:
+    """Tenants never share cached answers. (A request hash is hex, so no tenant name makes two keys collide.)"""
+    return f"{record.tenant}/{record.request_hash}" if record.tenant else record.request_hash
 
 
 @dataclass

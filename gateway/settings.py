@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,3 +28,12 @@ class Settings(BaseSettings):
     moe_log_buffer: int = Field(10_000, gt=0, description="records held in memory before spilling to disk")
     moe_log_flush_s: float = Field(0.25, gt=0, description="how often buffered records are written")
     moe_health_interval_s: float = Field(10.0, gt=0, description="how often experts are probed for /readyz")
+    # JSON by default: the gateway runs as a service whose stderr a log collector reads; `text` is for a terminal.
+    moe_log_format: Literal["json", "text"] = Field("json", description="stderr log lines: JSON objects or plain text")
+    moe_otel: bool = Field(False, description="OpenTelemetry traces, exported per the standard OTEL_* variables")
+    moe_drain_s: float = Field(30.0, gt=0, description="on SIGTERM, how long in-flight requests may take to finish")
+    # Off so the local quickstart needs no key; production (the Helm chart) turns it on.
+    moe_require_api_key: bool = Field(False, description="every /v1 request needs `Authorization: Bearer <key>`")
+    moe_key_cache_ttl_s: float = Field(
+        10.0, gt=0, description="how long a looked-up API key is trusted; a revocation takes effect within it"
+    )

@@ -121,6 +121,10 @@ class SharedState:
             log.exception("redis %s failed", command)
         return None
 
+    async def run_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """A Lua script, atomic on the server (gateway.rate_limit's counters); None when Redis is down."""
+        return await self._call("eval", script, len(keys), *keys, *args)
+
     # -- response cache -------------------------------------------------------------------------
     def _cache_key(self, key: str) -> str:
         return f"{self.prefix}:cache:{key}"

@@ -145,8 +145,16 @@ class Router(ABC):
 
     def decide(self, messages: Sequence[Mapping[str, Any]], policy: CostPolicy | None = None) -> Decision:
         """Rank the experts by predicted quality, or by `policy` (quality traded against expected cost)."""
+        return self.decide_many([(messages, policy)])[0]
+
+    def decide_many(self, queries: Sequence[tuple[Sequence[Mapping[str, Any]], CostPolicy | None]]) -> list[Decision]:
+        """`decide` for several conversations in one forward pass: what a busy gateway or a batch run does."""
         started = time.perf_counter()
-        scores = self.score([query_text(messages)])[0]
+        scores = self.score([query_text(messages) for messages, _ in queries])
+        latency_ms = (time.perf_counter() - started) * 1000
+        return [self._decision(row, policy, latency_ms) for row, (_, policy) in zip(scores, queries, strict=True)]
+
+    def _decision(self, scores: np.ndarray, policy: CostPolicy | None, latency_ms: float) -> Decision:
         order = np.argsort(-scores, kind="stable") if policy is None else policy.rank(scores, self.expected_cost())
         ranked = [ExpertScore(self.experts[i].name, float(scores[i])) for i in order]
         total = float(np.sum(np.clip(scores, 0, None)))
@@ -156,7 +164,7 @@ class Router(ABC):
             version=self.version,
             ranked=ranked,
             confidence=confidence,
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=latency_ms,
             recruited=[ranked[0].name],
         )
 

