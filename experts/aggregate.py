@@ -7,13 +7,15 @@ both extract, vote and select the same way. Pure Python and numpy: nothing heavy
 - `weighted_vote`: the letter with the largest total weight among the experts that chose it.
 - `selection_features`: one row per candidate answer, for a trained selector (MetaQA-style) that
   scores each (question, answer) pair for correctness; the gateway picks the best-scored answer.
+- `synthesis_messages`: the conversation an aggregator expert answers to combine free-text answers.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -114,3 +116,29 @@ def selection_features(
         )
         positions.append(position)
     return np.array(rows).reshape(len(rows), n_experts + len(CANDIDATE_FEATURES)), positions
+
+
+# The aggregation prompt of Mixture-of-Agents, which Symbolic-MoE's aggregator also follows.
+SYNTHESIS_PROMPT = (
+    "You have been provided with a set of responses from various models to the latest user query. "
+    "Your task is to synthesize these responses into a single, high-quality response. Critically evaluate "
+    "the information provided in these responses, recognizing that some of it may be biased or incorrect. "
+    "Your response should not simply replicate the given answers but should offer a refined, accurate, and "
+    "comprehensive reply to the instruction.\n\nResponses from models:"
+)
+
+
+def synthesis_messages(
+    messages: Sequence[Mapping[str, Any]], answers: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The client's conversation with the experts' (name, answer) pairs put in its system message.
+
+    One leading system message, merged with the client's own if it has one: many chat templates
+    accept only one.
+    """
+    listed = "\n".join(f"{i}. {answer}" for i, (_, answer) in enumerate(answers, start=1))
+    prompt = f"{SYNTHESIS_PROMPT}\n{listed}"
+    first = messages[0] if messages else None
+    if first and first["role"] in ("system", "developer") and isinstance(first["content"], str):
+        return [{"role": "system", "content": f"{first['content']}\n\n{prompt}"}, *map(dict, messages[1:])]
+    return [{"role": "system", "content": prompt}, *map(dict, messages)]

@@ -347,6 +347,9 @@ async def run_batch(
         for number, custom_id, body in requests:
             try:
                 target = service.resolve(body.model)
+                if target.virtual_model and target.virtual_model.synthesis:
+                    raise APIError(400, f"`{body.model}` answers with several experts; batches send each request "
+                                   "to one expert", param="model", code="unsupported_in_batch")
             except APIError as exc:
                 journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
                 continue

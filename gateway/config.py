@@ -59,10 +59,20 @@ class RouterConfig(_Strict):
     artifact: Path = Field(description="trained artifact directory (relative to the working directory)")
 
 
+class SynthesisConfig(_Strict):
+    """Recruit several experts, then let an aggregator expert write the answer from theirs (Symbolic-MoE)."""
+
+    k: int = Field(3, ge=2, description="experts recruited: the router's recruited set, else its top k")
+    aggregator: str | None = Field(None, description="expert writing the final answer; default: the router's aggregator, else its top choice")
+    deadline_s: float = Field(30.0, gt=0, description="how long recruited experts may take; later answers are left out")
+    max_cost_usd: float | None = Field(None, gt=0, description="recruit in rank order while the router's expected USD per query stays within this")
+
+
 class VirtualModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob per request
     router: str
     policy: str | None = Field(None, description="default cost knob, e.g. 0.3, m0.05 or q95 (see routers/policy.py)")
+    synthesis: SynthesisConfig | None = Field(None, description="answer with several experts and an aggregator")
     description: str = ""
 
 
@@ -85,6 +95,9 @@ class GatewayConfig(_Strict):
         for i, vm in enumerate(self.virtual_models):
             if vm.router not in routers:
                 raise ValueError(f"virtual_models.{i}.router: {vm.router!r} is not one of routers {sorted(routers)}")
+            aggregator = vm.synthesis.aggregator if vm.synthesis else None
+            if aggregator and aggregator not in {e.name for e in self.experts}:
+                raise ValueError(f"virtual_models.{i}.synthesis.aggregator: {aggregator!r} is not an expert")
         bases = {e.api_base.rstrip("/") for e in self.experts}
         for i, server in enumerate(self.servers):
             if server.api_base not in bases:

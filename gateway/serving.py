@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from experts.aggregate import synthesis_messages
 from experts.client import ExpertClient, ExpertFailure
 from experts.health import HealthMonitor
-from gateway.config import ExpertConfig, GatewayConfig, VirtualModelConfig
+from gateway.config import ExpertConfig, GatewayConfig, SynthesisConfig, VirtualModelConfig
 from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall
 from gateway.errors import APIError, error_body
 from gateway.keys import ApiKey, KeyGuard
@@ -150,6 +151,86 @@ class ChatService:
         up = [n for n in ranked if self.health.status[n].healthy and n not in tripped]
         return up + [n for n in ranked if n not in up]
 
+    async def _plan(
+        self, target: Target, body: ChatCompletionRequest, record: DecisionRecord
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """Experts to try for the answer, best first, and the conversation they answer: the client's own,
+        or, for a synthesis virtual model, one holding the recruited experts' answers for the aggregator."""
+        candidates = await self._route(target, body, record)
+        messages = body.wire_messages()
+        synthesis = target.virtual_model.synthesis if target.virtual_model else None
+        if synthesis is None or target.router is None:
+            return candidates, messages
+        recruited = self._recruit(target.router, record, candidates, synthesis)
+        if len(recruited) < 2:  # one expert: it answers the question itself
+            return candidates, messages
+        record.recruited = recruited
+        answers = await self._fan_out(recruited, body, record, synthesis.deadline_s)
+        if not answers:  # nobody answered in time: the top expert answers the question itself
+            return candidates, messages
+        manifest = target.router.manifest
+        aggregator = synthesis.aggregator or (manifest.params.get("aggregator") if manifest else None)
+        if aggregator not in self.clients:
+            aggregator = candidates[0]
+        return [aggregator, *[c for c in candidates if c != aggregator]], synthesis_messages(messages, answers)
+
+    def _recruit(
+        self, router: Router, record: DecisionRecord, candidates: list[str], synthesis: SynthesisConfig
+    ) -> list[str]:
+        """The router's recruited set (or its top k) in routed order, cut to the expected-cost budget."""
+        pool = set(record.recruited) if len(record.recruited) > 1 else set(candidates)
+        recruited = [name for name in candidates if name in pool][: synthesis.k]
+        if synthesis.max_cost_usd is None:
+            return recruited
+        cost = dict(zip([e.name for e in router.experts], router.expected_cost(), strict=True))
+        kept: list[str] = []
+        for name in recruited:
+            if not kept or sum(cost[n] for n in kept) + cost[name] <= synthesis.max_cost_usd:
+                kept.append(name)
+        return kept
+
+    async def _fan_out(
+        self, experts: list[str], body: ChatCompletionRequest, record: DecisionRecord, deadline_s: float
+    ) -> list[tuple[str, str]]:
+        """Ask every recruited expert at once; the (expert, answer) pairs that came back before the deadline."""
+        messages, params = body.wire_messages(), body.upstream_params()
+
+        async def ask(name: str) -> str | None:
+            call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))
+            record.calls.append(call)
+            started = time.perf_counter()
+            try:
+                payload = await self.clients[name].complete(messages, params)
+            except ExpertFailure as failure:
+                call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
+                if failure.can_fall_back:
+                    await self.state.record_failure(name)
+                return None
+            except asyncio.CancelledError:  # past the deadline, or the client hung up
+                call.status, call.latency_ms = "cancelled", _ms(started)
+                raise
+            await self.state.record_success(name)
+            usage = payload.get("usage") or {}
+            call.status, call.latency_ms = "ok", _ms(started)
+            call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            tokens = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+            record.cost_usd = (record.cost_usd or 0.0) + tokens * self._experts[name].price_per_mtok / 1e6
+            choices = payload.get("choices") or [{}]
+            return (choices[0].get("message") or {}).get("content") or None
+
+        tasks = [asyncio.create_task(ask(name)) for name in experts]
+        try:
+            await asyncio.wait(tasks, timeout=deadline_s)
+        finally:
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # let cancelled calls record themselves
+        return [
+            (name, task.result())
+            for name, task in zip(experts, tasks, strict=True)
+            if not task.cancelled() and task.exception() is None and task.result()
+        ]
+
     def _new_record(self, body: ChatCompletionRequest, target: Target, key: ApiKey | None) -> DecisionRecord:
         # One hash of what decides the answer: the record's request_hash and (per tenant) the response-cache key.
         # Streamed or not, and who asked (`user`), do not change the answer; everything else does.
@@ -172,6 +253,8 @@ class ChatService:
             headers["x-moe-expert"] = record.chosen_expert
         if record.router:
             headers["x-moe-router"] = f"{record.router}@{record.router_version}"
+        if len(record.recruited) > 1:
+            headers["x-moe-recruited"] = ",".join(record.recruited)
         if record.cache_hit is not None:
             headers["x-moe-cache"] = "hit" if record.cache_hit else "miss"
         return headers
@@ -184,7 +267,7 @@ class ChatService:
             expert = self._experts[record.chosen_expert] if record.chosen_expert else None
             if expert and record.prompt_tokens is not None and record.completion_tokens is not None:
                 tokens = record.prompt_tokens + record.completion_tokens
-                record.cost_usd = tokens * expert.price_per_mtok / 1e6
+                record.cost_usd = (record.cost_usd or 0.0) + tokens * expert.price_per_mtok / 1e6  # after any fan-out
 
     @staticmethod
     def _fail(record: DecisionRecord, error: APIError, status: str) -> None:
@@ -222,8 +305,8 @@ class ChatService:
     ) -> tuple[ExpertCall, float, _T]:
         """Try the candidates in order until one answers; falls back only on failures that allow it."""
         failures: list[ExpertFailure] = []
-        for number, name in enumerate(candidates):
-            call = ExpertCall(attempt=number, expert=name, started_at=datetime.now(UTC))
+        for name in candidates:
+            call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))
             record.calls.append(call)
             started = time.perf_counter()
             try:
@@ -246,8 +329,8 @@ class ChatService:
     async def _complete(self, body: ChatCompletionRequest, target: Target, record: DecisionRecord) -> dict[str, Any]:
         if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
             return _openai_completion(cached, record)
-        candidates = await self._route(target, body, record)
-        messages, params = body.wire_messages(), body.upstream_params()
+        candidates, messages = await self._plan(target, body, record)
+        params = body.upstream_params()
         call, started, payload = await self._first_success(
             candidates, record, lambda name: self.clients[name].complete(messages, params)
         )
@@ -294,8 +377,8 @@ class ChatService:
     ) -> _OpenStream:
         if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
             return _OpenStream(None, _replay(cached), _CACHED_FIRST, time.perf_counter())
-        candidates = await self._route(target, body, record)
-        messages, params = body.wire_messages(), body.upstream_params()
+        candidates, messages = await self._plan(target, body, record)
+        params = body.upstream_params()
 
         async def first_chunk(name: str) -> tuple[AsyncGenerator[dict[str, Any], None], dict[str, Any]]:
             chunks = self.clients[name].stream(messages, params)

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.config import DEFAULT_CONFIG, SynthesisConfig, VirtualModelConfig, load_config
 from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, running_gateway, wait_for
 from tests.upstream import free_port
 from tests.vllm_server import vllm_server
@@ -60,6 +60,34 @@ def test_openai_sdk_through_real_vllm(gateway: Gateway, sqlite_url: str) -> None
     rows = decisions(sqlite_url)
     assert [r.chosen_expert for r in rows] == ["stem", "humanities"]
     assert all(r.status == "ok" and r.completion_tokens and r.ttft_ms for r in rows)
+
+
+def test_synthesis_streams_through_real_vllm(
+    default_experts: None, router_artifact: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two recruited SmolLM2 experts answer, the aggregator streams an answer written from theirs."""
+    config = load_config(DEFAULT_CONFIG)
+    routers = tuple(r.model_copy(update={"artifact": router_artifact}) for r in config.routers)
+    synth = VirtualModelConfig(name="moe-synth", router=routers[0].name,
+                               synthesis=SynthesisConfig(k=2, aggregator="general", deadline_s=120))
+    config = config.model_copy(update={"routers": routers, "virtual_models": (*config.virtual_models, synth)})
+    with running_gateway(config, sqlite_url, tmp_path) as gateway:
+        client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+        with client.chat.completions.with_streaming_response.create(
+            model="moe-synth", messages=[{"role": "user", "content": MATH_QUESTION}], max_tokens=24, temperature=0,
+            stream=True, stream_options={"include_usage": True},
+        ) as response:
+            assert response.headers["x-moe-expert"] == "general"
+            assert len(response.headers["x-moe-recruited"].split(",")) == 2
+            chunks = list(response.parse())
+        wait_for(lambda: len(decisions(sqlite_url)) == 1, what="the record")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() and chunks[-1].usage is not None
+    (row,) = decisions(sqlite_url)
+    fan_out, final = row.calls[:2], row.calls[2]
+    assert [c.status for c in row.calls] == ["ok", "ok", "ok"] and final.expert == "general"
+    # The aggregator read the question plus both answers: a longer prompt than either expert's.
+    assert final.prompt_tokens > max(c.prompt_tokens for c in fan_out) + max(c.completion_tokens for c in fan_out)
 
 
 def test_the_readme_quickstart_command(default_experts: None, router_artifact: Path, tmp_path: Path) -> None:
