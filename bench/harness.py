@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +225,7 @@ def summarise(samples: Sequence[Sample], wall_s: float) -> dict[str, Any]:
     return {
         "requests": len(samples),
         "errors": sum(s.error is not None for s in samples),
+        "error_kinds": dict(Counter(s.error for s in samples if s.error is not None)),
         "p50_ms": round(statistics.median(latencies), 3),
         "p99_ms": round(percentile(latencies, 0.99), 3),
         "mean_ms": round(statistics.fmean(latencies), 3),
