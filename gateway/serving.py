@@ -165,7 +165,7 @@ class ChatService:
         if len(recruited) < 2:  # one expert: it answers the question itself
             return candidates, messages
         record.recruited = recruited
-        answers = await self._fan_out(recruited, body, record, synthesis.deadline_s)
+        answers = await self._fan_out(recruited, messages, body.upstream_params(), record, synthesis.deadline_s)
         if not answers:  # nobody answered in time: the top expert answers the question itself
             return candidates, messages
         manifest = target.router.manifest
@@ -183,17 +183,22 @@ class ChatService:
         if synthesis.max_cost_usd is None:
             return recruited
         cost = dict(zip([e.name for e in router.experts], router.expected_cost(), strict=True))
-        kept: list[str] = []
+        kept, spent = [], 0.0
         for name in recruited:
-            if not kept or sum(cost[n] for n in kept) + cost[name] <= synthesis.max_cost_usd:
+            if not kept or spent + cost[name] <= synthesis.max_cost_usd:
                 kept.append(name)
+                spent += cost[name]
         return kept
 
     async def _fan_out(
-        self, experts: list[str], body: ChatCompletionRequest, record: DecisionRecord, deadline_s: float
+        self,
+        experts: list[str],
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        record: DecisionRecord,
+        deadline_s: float,
     ) -> list[tuple[str, str]]:
         """Ask every recruited expert at once; the (expert, answer) pairs that came back before the deadline."""
-        messages, params = body.wire_messages(), body.upstream_params()
 
         async def ask(name: str) -> str | None:
             call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))

@@ -31,9 +31,11 @@ def router_class(family: str) -> type[Router]:
 
 
 def load_router(directory: Path, experts: Sequence[ExpertProfile]) -> Router:
-    """Load any trained router artifact; the family comes from its manifest."""
+    """Load any trained router artifact, ready to route; the family comes from its manifest."""
     manifest = Manifest.read(directory)
-    return router_class(manifest.family).load(directory, experts)
+    router = router_class(manifest.family).load(directory, experts)
+    router.score([""])  # load its encoder or classifier now, not on the first request
+    return router
 
 
 __all__ = ["FAMILIES", "Decision", "ExpertProfile", "ExpertScore", "Manifest", "Router", "load_router", "router_class"]

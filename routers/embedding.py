@@ -143,6 +143,4 @@ class EmbeddingDomainRouter(Router):
 
     @classmethod
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
-        router = cls(experts, manifest, DomainClassifier.load(directory / CLASSIFIER_FILE))
-        router.score([""])  # load the encoder now, not on the first request
-        return router
+        return cls(experts, manifest, DomainClassifier.load(directory / CLASSIFIER_FILE))

@@ -243,6 +243,4 @@ class BertDomainRouter(QualityRouter):
     @classmethod
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
         with np.load(directory / QUALITY_FILE, allow_pickle=False) as data:
-            router = cls(experts, manifest, directory, data["quality"], data["overall"])
-        router.score([""])  # load the classifier now, not on the first request
-        return router
+            return cls(experts, manifest, directory, data["quality"], data["overall"])

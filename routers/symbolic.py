@@ -139,9 +139,7 @@ class SkillBasedRouter(QualityRouter):
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
         with np.load(directory / PROFILES_FILE, allow_pickle=False) as data:
             competence = data["competence"]
-        router = cls(experts, manifest, DomainClassifier.load(directory / SKILLS_FILE), competence)
-        router.score([""])  # load the encoder now, not on the first request
-        return router
+        return cls(experts, manifest, DomainClassifier.load(directory / SKILLS_FILE), competence)
 
 
 def skill_labels_for(

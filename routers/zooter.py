@@ -211,6 +211,4 @@ class RewardDistilledRouter(QualityRouter):
 
     @classmethod
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
-        router = cls(experts, manifest, RewardHead.load(directory / HEAD_FILE))
-        router.score([""])  # load the encoder now, not on the first request
-        return router
+        return cls(experts, manifest, RewardHead.load(directory / HEAD_FILE))

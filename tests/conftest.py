@@ -17,6 +17,7 @@ from typing import Any  # noqa: E402
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
+import redis  # noqa: E402
 from sqlalchemy import create_engine, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
@@ -30,6 +31,9 @@ from tests.upstream import free_port, serve_in_thread  # noqa: E402
 
 # A server PostgreSQL that tests may create and drop databases in (CI starts it; see .ci/run).
 POSTGRES_ADMIN_URL = os.environ.get("MOE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+# The real Redis server; each test file that uses it owns one of its numbered databases.
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 MATH_QUESTION = "Solve for x: 3x + 7 = 22. What is the value of x?"
 HISTORY_QUESTION = "In which year did the French Revolution begin, with the storming of the Bastille?"
@@ -147,6 +151,18 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(f"{request.param}_url")
+
+
+@contextmanager
+def fresh_redis_db(db: int) -> Iterator[str]:
+    """The URL of Redis database `db`, empty at the start and emptied again at the end."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    client.flushdb()
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def decisions(database_url: str) -> list[DecisionRow]:

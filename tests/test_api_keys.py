@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis
 from alembic import command
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import make_url
@@ -23,7 +22,16 @@ from gateway.decision_log import make_engine
 from gateway.keys import CreatedKey, KeyStore, NewKey, hash_key
 from gateway.migrate import alembic_config, downgrade, upgrade
 from gateway.records import ApiKeyRow
-from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, routed_config, running_gateway, wait_for
+from tests.conftest import (
+    HISTORY_QUESTION,
+    MATH_QUESTION,
+    Gateway,
+    decisions,
+    fresh_redis_db,
+    routed_config,
+    running_gateway,
+    wait_for,
+)
 from tests.tcp_proxy import tcp_proxy
 
 REDIS_DB = 11  # shared with tests/test_rate_limit.py, emptied per test
@@ -253,14 +261,13 @@ def test_a_key_over_its_budget_gets_insufficient_quota(keyed: Gateway, postgres_
 
 def test_tenants_never_share_cached_answers(healthy_experts: list[dict[str, Any]], router_artifact: Path,
                                             postgres_url: str, tmp_path: Path) -> None:
-    redis.Redis(db=REDIS_DB).flushdb()
     config = routed_config(healthy_experts, router_artifact)
-    with running_gateway(config, postgres_url, tmp_path, moe_require_api_key=True,
-                         redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}") as gw:
+    with fresh_redis_db(REDIS_DB) as redis_url, running_gateway(
+        config, postgres_url, tmp_path, moe_require_api_key=True, redis_url=redis_url
+    ) as gw:
         acme, acme_too, globex = (issue_key(postgres_url, tenant=t).key for t in ("acme", "acme", "globex"))
         seen = [(who, ask(sdk(gw, key), HISTORY_QUESTION).headers["x-moe-cache"])
                 for who, key in [("acme", acme), ("acme", acme_too), ("globex", globex), ("globex", globex)]]
-    redis.Redis(db=REDIS_DB).flushdb()
     assert seen == [("acme", "miss"), ("acme", "hit"), ("globex", "miss"), ("globex", "hit")]
 
 

@@ -33,9 +33,12 @@ from sqlalchemy.engine import make_url
 from tests.conftest import (
     MATH_QUESTION,
     POSTGRES_ADMIN_URL,
+    REDIS_HOST,
+    REDIS_PORT,
     Gateway,
     decisions,
     expert,
+    fresh_redis_db,
     routed_config,
     running_gateway,
     wait_for,
@@ -45,7 +48,7 @@ from tests.test_shutdown import ROOT
 from tests.upstream import free_port
 
 CLIENTS = 4
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 12  # a database no other test uses
+REDIS_DB = 12  # a database no other test uses
 
 
 # -- load ---------------------------------------------------------------------------------------
@@ -193,11 +196,8 @@ def _redis_answers() -> bool:
 def redis_url() -> Iterator[str]:
     if shutil.which("redis-server") is None or not _redis_answers():
         pytest.skip("needs the local Redis server")
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
-    client.flushdb()
-    client.close()
+    with fresh_redis_db(REDIS_DB) as url:
+        yield url
 
 
 def _redis_seen(gw: Gateway) -> tuple[bool, float]:

@@ -15,20 +15,17 @@ import redis
 
 from gateway.rate_limit import RateLimiter, Refusal
 from gateway.shared_state import SharedState
-from tests.conftest import MATH_QUESTION, routed_config, running_gateway
+from tests.conftest import MATH_QUESTION, REDIS_HOST, REDIS_PORT, fresh_redis_db, routed_config, running_gateway
 from tests.tcp_proxy import tcp_proxy
 from tests.test_api_keys import ask, issue_key, sdk
 
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 11  # a database of its own, emptied per test
+REDIS_DB = 11  # shared with tests/test_api_keys.py, emptied per test
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
-    client.flushdb()
-    client.close()
+    with fresh_redis_db(REDIS_DB) as url:
+        yield url
 
 
 @pytest.fixture

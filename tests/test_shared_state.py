@@ -10,22 +10,28 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
+from tests.conftest import (
+    MATH_QUESTION,
+    REDIS_HOST,
+    REDIS_PORT,
+    decisions,
+    expert,
+    fresh_redis_db,
+    routed_config,
+    running_gateway,
+    wait_for,
+)
 from tests.tcp_proxy import tcp_proxy
 from tests.test_failures import REST, STEM
 
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 9  # a database of its own, emptied per test
+REDIS_DB = 9  # a database of its own, emptied per test
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
-    client.flushdb()
-    client.close()
+    with fresh_redis_db(REDIS_DB) as url:
+        yield url
 
 
 def chat(v1: str, question: str = MATH_QUESTION, *, stream: bool = False, **headers: str) -> tuple[httpx.Response, str]:
