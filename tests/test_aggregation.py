@@ -1,4 +1,4 @@
-"""Answer aggregation: choice extraction, weighted vote, cascade stopping, and a selector on real pool data."""
+"""Answer aggregation: choice extraction, weighted vote, cascades, escalation frontiers, a selector on pool data."""
 
 from __future__ import annotations
 
@@ -114,6 +114,36 @@ def test_agreement_cascade_and_vote() -> None:
     assert vote.correct.tolist() == [True, True, False]  # the heavier dear expert decides disagreements
     cascade = agg.replay_agreement_cascade("a", signals, (0, 1))
     assert cascade.cost.tolist() == [11, 11, 11]  # two calls are needed before anyone can agree
+
+
+def test_agreement_cascade_accepts_a_sure_first_answer_alone() -> None:
+    signals = _tiny_signals()
+    cascade = agg.replay_agreement_cascade("a", signals, (0, 1), sure=np.array([False, True, True]))
+    assert cascade.cost.tolist() == [11, 1, 1]
+    assert cascade.correct.tolist() == [True, False, True]  # the cheap expert alone: wrong on B, right on D
+
+
+def test_confident_agreement_cascade_stops_on_a_confident_first_answer() -> None:
+    signals = _tiny_signals()
+    selector = _FixedSelector(alone=[0.8, 0.3, 0.6])
+    low, middle, high = agg.replay_confident_agreement("c", signals, selector, (0, 1), [0.0, 0.5, 0.9])
+    assert low.cost.tolist() == [1, 1, 1] and low.correct.tolist() == [True, False, True]
+    # 0.5: question 2 (score 0.3) calls both; B and C tie on equal weights and B, named first, is wrong.
+    assert middle.cost.tolist() == [1, 11, 1] and middle.correct.tolist() == [True, False, True]
+    assert middle.name == "c@0.5"
+    # 0.9: nobody is confident enough: the plain agreement cascade.
+    plain = agg.replay_agreement_cascade("a", signals, (0, 1))
+    assert high.cost.tolist() == plain.cost.tolist() and high.correct.tolist() == plain.correct.tolist()
+
+
+def test_escalation_frontier_by_hand() -> None:
+    # Four questions; the cheap first stage (cost 1 each) is right on 0 and 3; the dear expert (cost 10) on 1, 2, 3.
+    first = agg.Outcome("f", np.array([True, False, False, True]), np.ones(4), np.array([True, False, False, True]))
+    dear_right, dear_cost = np.array([False, True, True, True]), np.full(4, 10.0)
+    accuracy, cost = agg.escalation_frontier(first, dear_right, dear_cost, score=np.array([0.9, 0.1, 0.5, 0.7]))
+    # Trusting the first stage on 0, then 3, then 2, then 1 (highest score first).
+    assert accuracy.tolist() == pytest.approx([3 / 4, 4 / 4, 4 / 4, 3 / 4, 2 / 4])
+    assert cost.tolist() == pytest.approx([11, 8.5, 6, 3.5, 1])
 
 
 def test_recruit_ranks_by_competence() -> None:

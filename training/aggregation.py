@@ -1,5 +1,9 @@
 """Offline replay of answer-aggregation strategies on the MMLU-Pro pool: vote, selection, cascade, recruit.
 
+Cascades stop on the selector's confidence, on two experts agreeing, or on either (a confident first
+answer is accepted alone, otherwise the experts are called until two agree). `escalation_frontier`
+bounds what any stopping signal can reach with one escalation step.
+
 Every strategy is scored on what it would have paid: the cost of a question is the sum of the pool's
 costs of every expert the strategy called for it. A combined answer is right when some called expert
 that chose the combined letter was right (same letter, same correctness: the pool has no exception).
@@ -241,25 +245,62 @@ def replay_cascade(
         stop = np.argmax(confidence >= threshold, axis=1)
         chosen = np.array([steps[t][0][i] for i, t in enumerate(stop)])
         sets = [order[: t + 1] for t in stop]
-        outcomes.append(_outcome(f"{name}@{threshold:.2f}", signals, sets, _chosen_correct(signals, chosen)))
+        outcomes.append(_outcome(f"{name}@{threshold:g}", signals, sets, _chosen_correct(signals, chosen)))
     return outcomes
 
 
-def replay_agreement_cascade(name: str, signals: Signals, order: ExpertSet) -> Outcome:
-    """Call the first two; stop as soon as two called experts name the same letter; answer by weighted vote."""
+def replay_agreement_cascade(name: str, signals: Signals, order: ExpertSet, sure: np.ndarray | None = None) -> Outcome:
+    """Call the first two; stop as soon as two called experts name the same letter; answer by weighted vote.
+
+    Where `sure` (bool [n]) is set, the first expert's answer alone ends the cascade.
+    """
     sets, letters = [], []
     for i in range(len(signals)):
         called: list[int] = []
         for j in order:
             called.append(j)
             named = [signals.pred[i, k] for k in called if signals.pred[i, k]]
-            if len(called) >= 2 and len(named) > len(set(named)):
+            if (sure is not None and sure[i]) or (len(called) >= 2 and len(named) > len(set(named))):
                 break
         weights = signals.weights[i]
         heaviest = sorted(called, key=lambda k: -weights[k])
         letters.append(weighted_vote([signals.pred[i, k] for k in heaviest], [weights[k] for k in heaviest]))
         sets.append(tuple(called))
     return _outcome(name, signals, sets, _combined(signals, sets, letters))
+
+
+def replay_confident_agreement(
+    name: str, signals: Signals, selector: Selector, order: ExpertSet, thresholds: Sequence[float]
+) -> list[Outcome]:
+    """An agreement cascade that accepts the first expert's answer alone when the selector scores it >= the threshold.
+
+    Threshold 0 calls only the first expert; above 1 it is the plain agreement cascade.
+    """
+    _, confidence = selector.choose(signals, [order[:1]] * len(signals))
+    return [
+        replay_agreement_cascade(f"{name}@{threshold:g}", signals, order, confidence >= threshold)
+        for threshold in thresholds
+    ]
+
+
+def escalation_frontier(
+    first: Outcome, last_correct: np.ndarray, last_cost: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and mean cost, for every k from 0 to n, of answering with `first` on the k questions that
+    score highest and escalating the others to one more expert, whose answer is final there.
+
+    `first` is paid on every question (its answers are what a stopping signal reads). Sweeping k is
+    sweeping a threshold on `score` with the threshold chosen after seeing the outcome: an upper bound of
+    what that signal can do on these questions, not a tuned strategy.
+    """
+    ranked = np.argsort(-score, kind="stable")
+
+    def top(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], np.cumsum(values[ranked])])
+
+    accuracy = (top(first.correct) + last_correct.sum() - top(last_correct)) / len(score)
+    cost = (first.cost.sum() + last_cost.sum() - top(last_cost)) / len(score)
+    return accuracy, cost
 
 
 def recruit(signals: Signals, experts: ExpertSet, k: int) -> list[ExpertSet]:
