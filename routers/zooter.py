@@ -1,4 +1,4 @@
-"""reward-distilled (Zooter): distil per-query expert rewards into a small head over frozen sentence embeddings.
+"""reward-distilled (Zooter): distil per-query expert rewards into a small head over frozen query features.
 
 The reward is whatever the dataset scores each expert's answer with (`RoutingDataset.scores`: gold
 correctness for the pool, a reward model's or a judge's grade in a user's JSONL), so a new reward
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
-from routers import encoder
 from routers.base import ExpertProfile, Manifest
+from routers.features import DEFAULT_KIND, QueryFeatures
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ TAG_PRIOR_STRENGTH = 5.0  # queries' worth of the overall mean in each tag's mea
 
 @dataclass(frozen=True)
 class RewardHead:
-    """A one-hidden-layer MLP from an embedding to expert logits, plus per-expert calibration, as arrays."""
+    """A one-hidden-layer MLP from query features to expert logits, plus per-expert calibration, as arrays."""
 
     hidden_w: np.ndarray  # [dim, hidden]
     hidden_b: np.ndarray  # [hidden]
@@ -50,14 +50,14 @@ class RewardHead:
     calibration: np.ndarray  # [2]: slope and intercept on the log-probability, shared by the experts
     reward_range: np.ndarray  # [2]: the rewards' min and max, calibration works on [0, 1]
 
-    def log_probs(self, embeddings: np.ndarray) -> np.ndarray:
-        logits = np.maximum(embeddings @ self.hidden_w + self.hidden_b, 0.0) @ self.out_w + self.out_b
+    def log_probs(self, features: np.ndarray) -> np.ndarray:
+        logits = np.maximum(features @ self.hidden_w + self.hidden_b, 0.0) @ self.out_w + self.out_b
         logits -= logits.max(axis=1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
-    def quality(self, embeddings: np.ndarray) -> np.ndarray:
+    def quality(self, features: np.ndarray) -> np.ndarray:
         slope, intercept = self.calibration
-        unit = 1.0 / (1.0 + np.exp(-(self.log_probs(embeddings) * slope + intercept)))
+        unit = 1.0 / (1.0 + np.exp(-(self.log_probs(features) * slope + intercept)))
         low, high = self.reward_range
         return low + (high - low) * unit
 
@@ -155,14 +155,22 @@ class RewardDistilledRouter(QualityRouter):
     family = "reward-distilled"
 
     def __init__(
-        self, experts: Sequence[ExpertProfile], manifest: Manifest | None = None, head: RewardHead | None = None
+        self,
+        experts: Sequence[ExpertProfile],
+        manifest: Manifest | None = None,
+        head: RewardHead | None = None,
+        features: QueryFeatures | None = None,
     ) -> None:
         super().__init__(experts, manifest)
         self.head = head
+        self.features = features
 
-    def fit(self, train: RoutingDataset, dev: RoutingDataset, *, name: str = "reward-distilled") -> Self:
-        x = encoder.cached_embeddings(train.queries.tolist())
-        dev_x = encoder.cached_embeddings(dev.queries.tolist())
+    def fit(
+        self, train: RoutingDataset, dev: RoutingDataset, *, features: str = DEFAULT_KIND, name: str = "reward-distilled"
+    ) -> Self:
+        self.features = QueryFeatures.fit(features, train.queries.tolist())
+        x = self.features.of_training(train.queries.tolist())
+        dev_x = self.features.of_training(dev.queries.tolist())
         low, high = float(min(train.scores.min(), dev.scores.min())), float(max(train.scores.max(), dev.scores.max()))
         span = (high - low) or 1.0
         unit, dev_unit = (train.scores - low) / span, (dev.scores - low) / span
@@ -191,7 +199,7 @@ class RewardDistilledRouter(QualityRouter):
             dev,
             metrics,
             {
-                "encoder": encoder.encoder_id(),
+                **self.features.params(),
                 "head": "mlp-256",
                 "beta": beta,
                 "temperature": temperature,
@@ -201,14 +209,16 @@ class RewardDistilledRouter(QualityRouter):
         return self
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        if self.head is None:
+        if self.head is None or self.features is None:
             raise RuntimeError("the router is not fitted")
-        return self.head.quality(encoder.embed(texts))
+        return self.head.quality(self.features(texts))
 
     def _save(self, directory: Path) -> None:
-        assert self.head is not None
+        assert self.head is not None and self.features is not None
         self.head.save(directory / HEAD_FILE)
+        self.features.save(directory)
 
     @classmethod
     def _load(cls, directory: Path, manifest: Manifest, experts: Sequence[ExpertProfile]) -> Self:
-        return cls(experts, manifest, RewardHead.load(directory / HEAD_FILE))
+        features = QueryFeatures.load(directory, manifest.params)
+        return cls(experts, manifest, RewardHead.load(directory / HEAD_FILE), features)

@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 
 from routers import ExpertProfile, load_router
 from routers.embedding import EmbeddingDomainRouter, domain_routing
+from routers.features import LEXICON_FILE
 from training.cli import app
+from training.dataset import load_dataset
 from training.pool import default_pool_dir
-from training.train import load_expert_profiles
+from training.train import load_expert_profiles, stratified_sample
 
 MATHS = "What is the integral of x^2 from 0 to 3?"
 HISTORY = "Which ancient empire built the Great Wall of China, and during which dynasty was most of it constructed?"
@@ -33,7 +35,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result = CliRunner().invoke(app, ["train", "--limit", str(LIMIT), "--out", str(root / "router")])
     assert result.exit_code == 0, result.output
     assert "dev_domain_accuracy" in result.output
-    assert list((root / "cache").glob("embeddings-*.npz"))
+    assert list((root / "cache" / "static").iterdir())  # the static encoder was distilled here
     return root / "router"
 
 
@@ -54,6 +56,7 @@ def test_manifest(artifact: Path, experts: list[ExpertProfile]) -> None:
     assert manifest["metrics"]["n_train"] == LIMIT
     assert 0.3 < manifest["metrics"]["dev_domain_accuracy"] <= 1
     assert 0.3 < manifest["metrics"]["dev_expert_accuracy"] <= 1
+    assert manifest["params"]["features"] == "static+lexical"
     assert manifest["params"]["encoder"].startswith("all-MiniLM-L6-v2")
     assert len(manifest["params"]["domains"]) == 14
 
@@ -74,6 +77,37 @@ def test_batch_scores_match_single_queries(artifact: Path, experts: list[ExpertP
     batch = router.score([MATHS, HISTORY])
     assert batch.shape == (2, len(experts))
     np.testing.assert_allclose(batch[1], router.score([HISTORY])[0], atol=1e-5)
+
+
+def test_saved_router_scores_as_the_fitted_one(tmp_path: Path, experts: list[ExpertProfile]) -> None:
+    """The lexicon and classifier survive the artifact: a reloaded router gives the same scores."""
+    data = load_dataset().of_split("train")
+    rows = stratified_sample(data.domains, 140)
+    texts, domains = data.queries[rows].tolist(), data.domains[rows].tolist()
+    fitted = EmbeddingDomainRouter(experts).fit(texts, domains)
+    fitted.save(tmp_path)
+    assert (tmp_path / LEXICON_FILE).is_file()
+    np.testing.assert_allclose(load_router(tmp_path, experts).score(texts[:20]), fitted.score(texts[:20]), atol=1e-6)
+
+
+def test_contextual_features_route_too(tmp_path: Path, experts: list[ExpertProfile]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
+        result = CliRunner().invoke(
+            app, ["train", "--limit", str(LIMIT), "--features", "contextual", "--out", str(tmp_path / "router")]
+        )
+        assert result.exit_code == 0, result.output
+        assert list((tmp_path / "cache").glob("embeddings-*.npz"))  # contextual embeddings are cached
+        router = load_router(tmp_path / "router", experts)
+    assert json.loads((tmp_path / "router" / "router.json").read_text())["params"]["features"] == "contextual"
+    assert not (tmp_path / "router" / LEXICON_FILE).exists()
+    assert router.decide([{"role": "user", "content": MATHS}]).chosen == expert_declaring(experts, "math")
+
+
+def test_unknown_feature_kind_is_refused() -> None:
+    result = CliRunner().invoke(app, ["train", "--limit", "14", "--features", "bag-of-words", "--out", "/tmp/unused"])
+    assert result.exit_code == 2
+    assert "unknown feature kind 'bag-of-words'" in result.output
 
 
 def test_domain_routing_rule() -> None:

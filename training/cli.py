@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from routers.features import DEFAULT_KIND, KINDS
+
 app = typer.Typer(help="Train routers and write their versioned artifacts.", no_args_is_help=True)
 console = Console()
 
@@ -27,14 +29,32 @@ def train(
         Path | None,
         typer.Option(help="MMLU-Pro pool directory (default: $MOE_POOL_DIR, else ../shared/data/mmlu_pro_pool)"),
     ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="a routing JSONL file or a pool directory (default: the MMLU-Pro pool)")
+    ] = None,
+    experts: Annotated[str | None, typer.Option(help="only these experts of the data, comma-separated")] = None,
+    features: Annotated[
+        str, typer.Option(help="what the router reads of a query: " + ", ".join(KINDS))
+    ] = DEFAULT_KIND,
     config: Annotated[Path | None, typer.Option(help="YAML whose `experts:` the router routes between")] = None,
 ) -> None:
-    """Train on the pool's train split, evaluate on dev, save router.json and the model files."""
+    """Train on a dataset's train split, evaluate on dev, save router.json and the model files."""
     from training.train import DEFAULT_CONFIG, train_router
 
+    if features not in KINDS:
+        raise typer.BadParameter(f"unknown feature kind {features!r}; known: {', '.join(KINDS)}", param_hint="--features")
     directory = out or Path("var/routers") / family
     console.print(f"training [bold]{family}[/] -> {directory}")
-    result = train_router(family, directory, config=config or DEFAULT_CONFIG, pool_dir=pool_dir, limit=limit)
+    result = train_router(
+        family,
+        directory,
+        config=config or DEFAULT_CONFIG,
+        pool_dir=pool_dir,
+        limit=limit,
+        dataset=data,
+        experts=experts.split(",") if experts else None,
+        features=features,
+    )
     manifest = result.router.manifest
     assert manifest is not None
     table = Table(title=f"{manifest.family} {manifest.version}", show_header=False)

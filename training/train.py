@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from routers import FAMILIES, ExpertProfile, Router
+from routers.features import DEFAULT_KIND
 from training.dataset import RoutingDataset, load_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "gateway" / "default.yaml"
@@ -56,7 +57,7 @@ def stratified_sample(categories: np.ndarray, limit: int, seed: int = 0) -> np.n
     return order[np.argsort(rank_in_category, kind="stable")[:limit]]
 
 
-def _fit_embedding_domain(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+def _fit_embedding_domain(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
     from routers.embedding import EmbeddingDomainRouter
 
     # Routes by the domains the config's experts declare, not between the dataset's experts.
@@ -65,33 +66,36 @@ def _fit_embedding_domain(train: RoutingDataset, dev: RoutingDataset, config: Pa
         train.domains.tolist(),
         dev_texts=dev.queries.tolist(),
         dev_domains=dev.domains.tolist(),
+        features=features,
     )
 
 
-def _fit_bert_domain(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+def _fit_bert_domain(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
     from routers.modem import BertDomainRouter
     from routers.quality import profiles_of
 
+    if features != DEFAULT_KIND:
+        raise ValueError("bert-domain reads queries with its own fine-tuned encoder: it takes no feature kind")
     return BertDomainRouter(profiles_of(train)).fit(train, dev)
 
 
-def _fit_reward_distilled(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+def _fit_reward_distilled(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
     from routers.quality import profiles_of
     from routers.zooter import RewardDistilledRouter
 
-    return RewardDistilledRouter(profiles_of(train)).fit(train, dev)
+    return RewardDistilledRouter(profiles_of(train)).fit(train, dev, features=features)
 
 
-def _fit_skill_based(train: RoutingDataset, dev: RoutingDataset, config: Path) -> Router:
+def _fit_skill_based(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
     from routers.quality import profiles_of
     from routers.symbolic import SkillBasedRouter
 
-    return SkillBasedRouter(profiles_of(train)).fit(train, dev)
+    return SkillBasedRouter(profiles_of(train)).fit(train, dev, features=features)
 
 
-# family -> how to fit it on (train, dev, gateway config); the families a trained router exists for.
-# embedding-domain routes between the config's experts, the others between the dataset's.
-TRAINERS: dict[str, Callable[[RoutingDataset, RoutingDataset, Path], Router]] = {
+# family -> how to fit it on (train, dev, gateway config, feature kind); the families a trained
+# router exists for. embedding-domain routes between the config's experts, the others between the dataset's.
+TRAINERS: dict[str, Callable[[RoutingDataset, RoutingDataset, Path, str], Router]] = {
     "embedding-domain": _fit_embedding_domain,
     "bert-domain": _fit_bert_domain,
     "reward-distilled": _fit_reward_distilled,
@@ -108,13 +112,14 @@ def train_router(
     limit: int | None = None,
     dataset: RoutingDataset | Path | str | None = None,
     experts: Sequence[str] | None = None,
+    features: str = DEFAULT_KIND,
 ) -> TrainResult:
     """Fit `family` on a dataset's train split (dev for tuning and metrics) and save it to `out`.
 
     `dataset`: a RoutingDataset, a `.jsonl` file or a pool directory (default: the pool at
     `pool_dir`); `experts` keeps only those experts' columns (e.g. the small-experts scenario).
     `limit` keeps that many train and that many dev questions, spread over the domains: for quick
-    runs and tests.
+    runs and tests. `features`: what the router reads of a query (`routers.features.KINDS`).
     """
     if family not in TRAINERS:
         raise ValueError(f"no trainer for family {family!r}; trainable: {sorted(TRAINERS)} (known: {sorted(FAMILIES)})")
@@ -126,6 +131,6 @@ def train_router(
     if limit is not None:
         train = train.subset(stratified_sample(train.domains, limit))
         dev = dev.subset(stratified_sample(dev.domains, limit))
-    router = TRAINERS[family](train, dev, config)
+    router = TRAINERS[family](train, dev, config, features)
     router.save(out)
     return TrainResult(router, out, time.perf_counter() - started)
