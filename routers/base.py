@@ -16,11 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from routers.policy import CostPolicy, expected_cost
+
+if TYPE_CHECKING:
+    from routers.features import QueryFeatures
 
 MANIFEST = "router.json"
 
@@ -120,6 +123,7 @@ class Router(ABC):
     """
 
     family: ClassVar[str]
+    features: QueryFeatures | None = None  # what it reads of a query, for the families that share them
 
     def __init__(self, experts: Sequence[ExpertProfile], manifest: Manifest | None = None) -> None:
         if not experts:
@@ -134,6 +138,11 @@ class Router(ABC):
     @property
     def version(self) -> str:
         return self.manifest.version if self.manifest else "untrained"
+
+    @property
+    def inline(self) -> bool:
+        """Whether a decision is cheap enough to take on the gateway's event loop (no forward pass)."""
+        return self.features is not None and self.features.cheap
 
     @abstractmethod
     def score(self, texts: Sequence[str]) -> np.ndarray:

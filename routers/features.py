@@ -16,17 +16,16 @@ router's training texts and saved in its artifact; the encoders are shared.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from routers import encoder
-
-if TYPE_CHECKING:
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
 KINDS = ("contextual", "static", "contextual+lexical", "static+lexical")
 DEFAULT_KIND = "static+lexical"
@@ -34,34 +33,46 @@ DEFAULT_KIND = "static+lexical"
 LEGACY_KIND = "contextual"
 LEXICON_FILE = "lexicon.npz"
 LEXICON_SIZE = 10_000  # words; 5,000 scored 0.794 and 20,000 0.804 on the dev domains above
+TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default word pattern, applied to lowercased text
 
 
 class Lexicon:
-    """Sublinear TF-IDF over a fixed vocabulary (scikit-learn's vectorizer), saved as plain arrays."""
+    """Sublinear TF-IDF over a fixed vocabulary, l2-normalised: scikit-learn's TfidfVectorizer fits the
+    vocabulary and the idf weights; the transform is this numpy one, which computes the same vectors
+    (a test checks) in about a tenth of the time for one query (scikit-learn spends ~0.25 ms on input
+    checks and sparse matrices, a fifth of a routed request's whole overhead)."""
 
-    def __init__(self, vectorizer: TfidfVectorizer) -> None:
-        self.vectorizer = vectorizer
+    def __init__(self, terms: Sequence[str], idf: np.ndarray) -> None:
+        self.terms = list(terms)
+        self.column = {term: i for i, term in enumerate(self.terms)}
+        self.idf = idf.astype(np.float32)
 
     @classmethod
     def fit(cls, texts: Sequence[str]) -> Lexicon:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return cls(TfidfVectorizer(sublinear_tf=True, max_features=LEXICON_SIZE, dtype=np.float32).fit(texts))
+        vectorizer = TfidfVectorizer(sublinear_tf=True, max_features=LEXICON_SIZE, token_pattern=TOKEN.pattern)
+        vectorizer.fit(texts)
+        return cls(vectorizer.get_feature_names_out().tolist(), vectorizer.idf_)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return self.vectorizer.transform(texts).toarray()
+        out = np.zeros((len(texts), len(self.terms)), dtype=np.float32)
+        for row, text in enumerate(texts):
+            counts = Counter(word for word in TOKEN.findall(text.lower()) if word in self.column)
+            if not counts:
+                continue
+            columns = np.fromiter((self.column[word] for word in counts), dtype=np.int64, count=len(counts))
+            weights = (1 + np.log(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))) * self.idf[columns]
+            out[row, columns] = weights / np.linalg.norm(weights)
+        return out
 
     def save(self, path: Path) -> None:
-        np.savez(path, terms=self.vectorizer.get_feature_names_out().astype(str), idf=self.vectorizer.idf_)
+        np.savez(path, terms=np.array(self.terms, dtype=str), idf=self.idf)
 
     @classmethod
     def load(cls, path: Path) -> Lexicon:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         with np.load(path, allow_pickle=False) as data:
-            vectorizer = TfidfVectorizer(vocabulary=data["terms"].tolist(), sublinear_tf=True, dtype=np.float32)
-            vectorizer.idf_ = data["idf"]
-        return cls(vectorizer)
+            return cls(data["terms"].tolist(), data["idf"])
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,11 @@ class QueryFeatures:
     @property
     def encoder(self) -> str:
         return self.kind.partition("+")[0]
+
+    @property
+    def cheap(self) -> bool:
+        """Well under a millisecond per query: no forward pass."""
+        return self.encoder == "static"
 
     def _embed(self, texts: Sequence[str], *, cached: bool) -> np.ndarray:
         if self.encoder == "static":

@@ -73,3 +73,25 @@ async def test_a_caller_that_gave_up_is_left_out_and_a_failure_reaches_only_its_
     assert (await after).chosen == "b"  # the next batch is unaffected
     assert router.batches == [["a first"], ["boom", "a with boom"], ["b after"]]
     batcher.close()
+
+
+class CheapRouter(GatedRouter):
+    """A router without a forward pass: notes the thread each pass runs on."""
+
+    inline = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[threading.Thread] = []
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        self.threads.append(threading.current_thread())
+        return np.array([[1.0, 0.0] if text.startswith("a") else [0.0, 1.0] for text in texts])
+
+
+async def test_a_cheap_router_decides_on_the_event_loop() -> None:
+    router, batcher = CheapRouter(), RoutingBatcher()
+    decisions = await asyncio.gather(*(batcher.decide(router, ask(text), None) for text in ("a 1", "b 2")))
+    assert [d.chosen for d in decisions] == ["a", "b"]
+    assert router.threads == [threading.current_thread()] * 2  # one pass per query, none on the router thread
+    batcher.close()
