@@ -5,6 +5,7 @@ both extract, vote and select the same way. Pure Python and numpy: nothing heavy
 
 - `extract_choice`: the option letter an answer text commits to (MMLU-Pro's own extraction rules).
 - `weighted_vote`: the letter with the largest total weight among the experts that chose it.
+- `expert_weights`, `pick_answer`, `answers_needed`: the gateway's live vote and agreement cascade.
 - `selection_features`: one row per candidate answer, for a trained selector (MetaQA-style) that
   scores each (question, answer) pair for correctness; the gateway picks the best-scored answer.
 - `synthesis_messages`: the conversation an aggregator expert answers to combine free-text answers.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,6 +57,33 @@ def weighted_vote(choices: Sequence[str | None], weights: Sequence[float]) -> st
     if not totals:
         return None
     return max(totals, key=totals.__getitem__)  # max keeps the first of equal totals
+
+
+def expert_weights(experts: Sequence[str], accuracy: Mapping[str, float], n_options: int = len(LETTERS)) -> list[float]:
+    """Each expert's vote weight: the log-odds of its dev accuracy. An expert with no accuracy on record
+    votes as an average listed one (the mean of their weights); with none on record all weigh 1."""
+    known = {name: log_odds_weight(value, n_options) for name, value in accuracy.items()}
+    average = sum(known.values()) / len(known) if known else 1.0
+    return [known.get(name, average) for name in experts]
+
+
+def pick_answer(texts: Sequence[str], weights: Sequence[float], n_options: int = len(LETTERS)) -> int:
+    """The index of the answer a vote returns: the heaviest one naming the weighted-majority choice.
+
+    `texts` come best-ranked first. Among equal weights the earlier answer counts as the heavier, so a
+    tie between choices goes to the heaviest (then best-ranked) answer's choice. When no answer names
+    a choice, the best-ranked answer (index 0).
+    """
+    order = sorted(range(len(texts)), key=lambda i: -weights[i])  # stable: equal weights keep the ranking
+    choices = [extract_choice(texts[i], n_options) for i in order]
+    winner = weighted_vote(choices, [weights[i] for i in order])
+    return 0 if winner is None else order[choices.index(winner)]
+
+
+def answers_needed(choices: Sequence[str | None], agree: int) -> int:
+    """How many more answers could at best bring `agree` of them to one choice (0: they already agree)."""
+    most = max(Counter(choice for choice in choices if choice).values(), default=0)
+    return max(agree - most, 0)
 
 
 # Column layout of `selection_features`, after one indicator column per expert.

@@ -199,7 +199,7 @@ class BatchService(ChatService):
         self.progress.update(self.routing, total=len(jobs))
 
         async def route_one(job: Job) -> None:
-            job.candidates = await self._route(job.target, job.body, job.record)
+            job.candidates = await self._route(job.target, job.body, job.record, job.body.wire_messages())
             self.progress.advance(self.routing)
 
         await asyncio.gather(*(route_one(job) for job in jobs))
@@ -347,13 +347,14 @@ async def run_batch(
         for number, custom_id, body in requests:
             try:
                 target = service.resolve(body.model)
-                if target.virtual_model and target.virtual_model.synthesis:
+                vm = target.virtual_model
+                if vm and (vm.synthesis or vm.vote or vm.cascade):
                     raise APIError(400, f"`{body.model}` answers with several experts; batches send each request "
                                    "to one expert", param="model", code="unsupported_in_batch")
             except APIError as exc:
                 journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
                 continue
-            jobs.append(Job(number, custom_id, body, target, service._new_record(body, target, None)))
+            jobs.append(Job(number, custom_id, body, target, service._new_record(body, target, None, body.wire_messages())))
         await health.check_all()  # once: experts down now are ranked last, as the gateway ranks them
         progress.update(service.answering, total=len(lines), completed=len(lines) - len(jobs))
         with progress:

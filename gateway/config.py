@@ -59,20 +59,55 @@ class RouterConfig(_Strict):
     artifact: Path = Field(description="trained artifact directory (relative to the working directory)")
 
 
-class SynthesisConfig(_Strict):
+class _Budgeted(_Strict):
+    """Several experts asked for one answer: how long they may take and what they may cost."""
+
+    deadline_s: float = Field(30.0, gt=0, description="how long the experts may take; later answers are left out")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="call experts in order while the router's expected USD per query of those called stays within this"
+    )
+
+
+class _Recruiting(_Budgeted):
+    k: int = Field(3, ge=2, description="experts recruited: the router's recruited set, else its top k")
+
+
+class _Weighted(_Strict):
+    """How much each expert's choice counts in a vote: the log-odds of its accuracy on dev questions."""
+
+    accuracy: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=dict,
+        description="dev accuracy per expert; an expert left out votes as an average listed one; none listed: equal weights",
+    )
+    options: int = Field(10, ge=2, le=10, description="answer options per question (A..J at most), for the log-odds")
+
+
+class SynthesisConfig(_Recruiting):
     """Recruit several experts, then let an aggregator expert write the answer from theirs (Symbolic-MoE)."""
 
-    k: int = Field(3, ge=2, description="experts recruited: the router's recruited set, else its top k")
     aggregator: str | None = Field(None, description="expert writing the final answer; default: the router's aggregator, else its top choice")
-    deadline_s: float = Field(30.0, gt=0, description="how long recruited experts may take; later answers are left out")
-    max_cost_usd: float | None = Field(None, gt=0, description="recruit in rank order while the router's expected USD per query stays within this")
+
+
+class VoteConfig(_Recruiting, _Weighted):
+    """Recruit several experts; the answer is the heaviest one naming the weighted-majority choice."""
+
+
+class CascadeConfig(_Budgeted, _Weighted):
+    """Cheapest expert first; escalate until `agree` called experts name the same choice, then vote among them."""
+
+    order: Annotated[tuple[str, ...], Field(min_length=2)] | None = Field(
+        None, description="experts in calling order; default: every expert, cheapest expected cost first"
+    )
+    agree: int = Field(2, ge=1, description="called experts that must name one choice to stop; `<name>:<n>` per request")
 
 
 class VirtualModelConfig(_Strict):
-    name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob per request
+    name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob (a cascade: `agree`) per request
     router: str
     policy: str | None = Field(None, description="default cost knob, e.g. 0.3, m0.05 or q95 (see routers/policy.py)")
     synthesis: SynthesisConfig | None = Field(None, description="answer with several experts and an aggregator")
+    vote: VoteConfig | None = Field(None, description="answer with several experts' weighted-majority choice")
+    cascade: CascadeConfig | None = Field(None, description="ask experts cheapest first until enough agree")
     description: str = ""
 
 
@@ -95,9 +130,7 @@ class GatewayConfig(_Strict):
         for i, vm in enumerate(self.virtual_models):
             if vm.router not in routers:
                 raise ValueError(f"virtual_models.{i}.router: {vm.router!r} is not one of routers {sorted(routers)}")
-            aggregator = vm.synthesis.aggregator if vm.synthesis else None
-            if aggregator and aggregator not in {e.name for e in self.experts}:
-                raise ValueError(f"virtual_models.{i}.synthesis.aggregator: {aggregator!r} is not an expert")
+            _check_aggregation(f"virtual_models.{i}", vm, {e.name for e in self.experts})
         bases = {e.api_base.rstrip("/") for e in self.experts}
         for i, server in enumerate(self.servers):
             if server.api_base not in bases:
@@ -123,6 +156,28 @@ def _unique(section: str, names: list[str]) -> None:
         if name in seen:
             raise ValueError(f"{section}: duplicate name {name!r}")
         seen.add(name)
+
+
+def _check_aggregation(path: str, vm: VirtualModelConfig, experts: set[str]) -> None:
+    """At most one way of combining experts per virtual model, naming only experts that exist."""
+    modes = [mode for mode, config in (("synthesis", vm.synthesis), ("vote", vm.vote), ("cascade", vm.cascade)) if config]
+    if len(modes) > 1:
+        raise ValueError(f"{path}: {' and '.join(modes)} exclude each other: set one")
+    named: list[tuple[str, str]] = []
+    if vm.synthesis and vm.synthesis.aggregator:
+        named.append(("synthesis.aggregator", vm.synthesis.aggregator))
+    if vm.vote:
+        named += [("vote.accuracy", name) for name in vm.vote.accuracy]
+    if vm.cascade:
+        if vm.policy is not None:  # the model name's suffix is the cascade's `agree`, so it has no cost knob
+            raise ValueError(f"{path}.policy: a cascade takes no cost knob (`{vm.name}:<n>` sets its `agree`)")
+        order = list(vm.cascade.order or ())
+        _unique(f"{path}.cascade.order", order)
+        named += [("cascade.accuracy", name) for name in vm.cascade.accuracy]
+        named += [("cascade.order", name) for name in order]
+    for field, name in named:
+        if name not in experts:
+            raise ValueError(f"{path}.{field}: {name!r} is not an expert")
 
 
 def load_config(path: Path) -> GatewayConfig:

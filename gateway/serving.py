@@ -18,10 +18,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from experts.aggregate import synthesis_messages
+from experts.aggregate import answers_needed, expert_weights, extract_choice, pick_answer, synthesis_messages
 from experts.client import ExpertClient, ExpertFailure
 from experts.health import HealthMonitor
-from gateway.config import ExpertConfig, GatewayConfig, SynthesisConfig, VirtualModelConfig
+from gateway.config import (
+    CascadeConfig,
+    ExpertConfig,
+    GatewayConfig,
+    SynthesisConfig,
+    VirtualModelConfig,
+    VoteConfig,
+)
 from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall
 from gateway.errors import APIError, error_body
 from gateway.keys import ApiKey, KeyGuard
@@ -49,7 +56,31 @@ class Target:
     expert: ExpertConfig | None = None
     knob: str | None = None
     policy: CostPolicy | None = None
+    agree: int | None = None  # a cascade's: called experts that must name one choice before it stops
     use_cache: bool = False
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One expert's complete answer from a fan-out."""
+
+    expert: str
+    payload: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        choices = self.payload.get("choices") or [{}]
+        return (choices[0].get("message") or {}).get("content") or ""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a request gets its answer: try `candidates` in order on `messages`, unless a vote or a cascade
+    already holds the `answer` (its call recorded and paid for)."""
+
+    candidates: list[str]
+    messages: list[dict[str, Any]]
+    answer: _Answer | None = None
 
 
 class ClientGone(Exception):
@@ -114,12 +145,16 @@ class ChatService:
         return replace(self.resolve(body.model), use_cache=self.state.configured and not opted_out)
 
     def resolve(self, model: str) -> Target:
-        """`moe-auto`, `moe-auto:<cost knob>` (e.g. `:0.3`, `:q95`), or an expert's own name."""
+        """`moe-auto`, `moe-auto:<cost knob>` (e.g. `:0.3`, `:q95`), a cascade's `<name>:<agree>` (e.g. `:3`), or an
+        expert's own name."""
         if expert := self._experts.get(model):
             return Target(model, expert=expert)
         name, _, knob = model.partition(":")
         if vm := self._virtual.get(name):
             router = self.routers[vm.router]
+            if vm.cascade is not None:  # its order sets what it costs; its suffix sets how far it escalates
+                knob = knob or str(vm.cascade.agree)
+                return Target(model, virtual_model=vm, router=router, knob=knob, agree=_agreement(knob))
             knob = knob or vm.policy
             if not knob:
                 return Target(model, virtual_model=vm, router=router)
@@ -130,14 +165,22 @@ class ChatService:
             return Target(model, virtual_model=vm, router=router, knob=knob, policy=policy)
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
-    async def _route(self, target: Target, body: ChatCompletionRequest, record: DecisionRecord) -> list[str]:
-        """Experts to try, best first; experts known to be down (probe or breaker) go last rather than nowhere."""
+    async def _route(
+        self,
+        target: Target,
+        body: ChatCompletionRequest,
+        record: DecisionRecord,
+        messages: list[dict[str, Any]],
+    ) -> list[str]:
+        """Experts to try, best first; experts known to be down (probe or breaker) go last rather than nowhere.
+
+        `messages`: the body's wire messages, built once per request.
+        """
         if target.router is None:
             assert target.expert is not None
             record.chosen_expert = target.expert.name
             return [target.expert.name]
         started = time.perf_counter()
-        messages = body.wire_messages()
         decision = await self.batcher.decide(target.router, messages, target.policy)
         record.routing_ms = _ms(started)
         record.router = decision.router
@@ -147,48 +190,127 @@ class ChatService:
         record.confidence = decision.confidence
         ranked = [decision.chosen] + [s.name for s in decision.ranked if s.name != decision.chosen]
         ranked = [name for name in ranked if name in self.clients]
-        tripped = await self.state.open_breakers(ranked)
-        up = [n for n in ranked if self.health.status[n].healthy and n not in tripped]
-        return up + [n for n in ranked if n not in up]
+        return await self._up_first(ranked)
+
+    async def _up_first(self, names: list[str]) -> list[str]:
+        """`names` with the experts known to be down (probe or breaker) moved last."""
+        tripped = await self.state.open_breakers(names)
+        up = [n for n in names if self.health.status[n].healthy and n not in tripped]
+        return up + [n for n in names if n not in up]
 
     async def _plan(
-        self, target: Target, body: ChatCompletionRequest, record: DecisionRecord
-    ) -> tuple[list[str], list[dict[str, Any]]]:
-        """Experts to try for the answer, best first, and the conversation they answer: the client's own,
-        or, for a synthesis virtual model, one holding the recruited experts' answers for the aggregator."""
-        candidates = await self._route(target, body, record)
-        messages = body.wire_messages()
-        synthesis = target.virtual_model.synthesis if target.virtual_model else None
-        if synthesis is None or target.router is None:
-            return candidates, messages
-        recruited = self._recruit(target.router, record, candidates, synthesis)
-        if len(recruited) < 2:  # one expert: it answers the question itself
-            return candidates, messages
-        record.recruited = recruited
-        answers = await self._fan_out(recruited, messages, body.upstream_params(), record, synthesis.deadline_s)
-        if not answers:  # nobody answered in time: the top expert answers the question itself
-            return candidates, messages
-        manifest = target.router.manifest
+        self, target: Target, body: ChatCompletionRequest, messages: list[dict[str, Any]], record: DecisionRecord
+    ) -> _Plan:
+        """Experts to try for the answer, best first, and the conversation they answer; or, for a virtual model
+        that combines several experts, what combining them gave (see `_synthesise`, `_vote`, `_cascade`)."""
+        plan = _Plan(await self._route(target, body, record, messages), messages)
+        vm, router = target.virtual_model, target.router
+        if vm is None or router is None:
+            return plan
+        if vm.synthesis is not None:
+            return await self._synthesise(router, vm.synthesis, plan, body, record)
+        if vm.vote is not None:
+            return await self._vote(router, vm.vote, plan, body, record)
+        if vm.cascade is not None:
+            assert target.agree is not None  # `resolve` sets it for every cascade
+            return await self._cascade(router, vm.cascade, target.agree, plan, body, record)
+        return plan
+
+    async def _synthesise(
+        self, router: Router, synthesis: SynthesisConfig, plan: _Plan, body: ChatCompletionRequest, record: DecisionRecord
+    ) -> _Plan:
+        """The aggregator expert answers a conversation holding the recruited experts' answers."""
+        answers = await self._ask_recruited(router, synthesis, plan, body, record)
+        if not answers:
+            return plan
+        manifest = router.manifest
         aggregator = synthesis.aggregator or (manifest.params.get("aggregator") if manifest else None)
         if aggregator not in self.clients:
-            aggregator = candidates[0]
-        return [aggregator, *[c for c in candidates if c != aggregator]], synthesis_messages(messages, answers)
+            aggregator = plan.candidates[0]
+        return _Plan(
+            [aggregator, *[c for c in plan.candidates if c != aggregator]],
+            synthesis_messages(plan.messages, [(a.expert, a.text) for a in answers]),
+        )
 
-    def _recruit(
-        self, router: Router, record: DecisionRecord, candidates: list[str], synthesis: SynthesisConfig
-    ) -> list[str]:
-        """The router's recruited set (or its top k) in routed order, cut to the expected-cost budget."""
-        pool = set(record.recruited) if len(record.recruited) > 1 else set(candidates)
-        recruited = [name for name in candidates if name in pool][: synthesis.k]
-        if synthesis.max_cost_usd is None:
-            return recruited
-        cost = dict(zip([e.name for e in router.experts], router.expected_cost(), strict=True))
-        kept, spent = [], 0.0
-        for name in recruited:
-            if not kept or spent + cost[name] <= synthesis.max_cost_usd:
+    async def _vote(
+        self, router: Router, vote: VoteConfig, plan: _Plan, body: ChatCompletionRequest, record: DecisionRecord
+    ) -> _Plan:
+        """The recruited experts' weighted-majority answer."""
+        answers = await self._ask_recruited(router, vote, plan, body, record)
+        return replace(plan, answer=_pick(answers, vote)) if answers else plan
+
+    async def _cascade(
+        self,
+        router: Router,
+        cascade: CascadeConfig,
+        agree: int,
+        plan: _Plan,
+        body: ChatCompletionRequest,
+        record: DecisionRecord,
+    ) -> _Plan:
+        """Cheapest first, until `agree` answers name one choice; the answer is the vote of those called.
+
+        Each step asks at once the fewest next experts that could still bring agreement (the first two, for
+        `agree` 2): asking fewer could not stop the cascade, asking more could pay for answers never needed.
+        """
+        if cascade.order:
+            order = list(cascade.order)
+        else:  # cheapest first; equal costs keep the routed order (sorted is stable)
+            order = sorted(plan.candidates, key=self._expected_cost(router).__getitem__)
+        order = await self._up_first(self._within_budget(router, order, cascade.max_cost_usd))
+        params = body.upstream_params()
+        deadline = time.perf_counter() + cascade.deadline_s
+        answers: list[_Answer] = []
+        called = 0
+        while called < len(order) and (left_s := deadline - time.perf_counter()) > 0:
+            needed = answers_needed([extract_choice(a.text, cascade.options) for a in answers], agree)
+            if not needed:
+                break
+            step = order[called : called + needed]
+            called += len(step)
+            answers += await self._fan_out(step, plan.messages, params, record, left_s)
+        record.recruited = order[:called]
+        if not answers:  # nobody answered in time: they are tried one by one, cheapest first
+            return replace(plan, candidates=order + [c for c in plan.candidates if c not in order])
+        return replace(plan, answer=_pick(answers, cascade))
+
+    async def _ask_recruited(
+        self,
+        router: Router,
+        fan_out: SynthesisConfig | VoteConfig,
+        plan: _Plan,
+        body: ChatCompletionRequest,
+        record: DecisionRecord,
+    ) -> list[_Answer]:
+        """The answers of the router's recruited set (or its top k), in routed order and within the budget; none
+        when fewer than two are recruited (one expert answers the question itself) or none answered in time (the
+        top expert then does)."""
+        pool = set(record.recruited) if len(record.recruited) > 1 else set(plan.candidates)
+        recruited = [name for name in plan.candidates if name in pool][: fan_out.k]
+        recruited = self._within_budget(router, recruited, fan_out.max_cost_usd)
+        if len(recruited) < 2:
+            return []
+        record.recruited = recruited
+        return await self._fan_out(recruited, plan.messages, body.upstream_params(), record, fan_out.deadline_s)
+
+    def _within_budget(self, router: Router, names: list[str], max_cost_usd: float | None) -> list[str]:
+        """`names` in order, each kept if the router's expected cost of those kept stays within the budget (the
+        first always is: someone must answer)."""
+        if max_cost_usd is None:
+            return names
+        cost = self._expected_cost(router)
+        kept: list[str] = []
+        spent = 0.0
+        for name in names:
+            if not kept or spent + cost[name] <= max_cost_usd:
                 kept.append(name)
                 spent += cost[name]
         return kept
+
+    @staticmethod
+    def _expected_cost(router: Router) -> dict[str, float]:
+        """USD per query for each expert: measured in the router's manifest, else priced (routers/policy.py)."""
+        return dict(zip([e.name for e in router.experts], router.expected_cost().tolist(), strict=True))
 
     async def _fan_out(
         self,
@@ -197,10 +319,10 @@ class ChatService:
         params: Mapping[str, Any],
         record: DecisionRecord,
         deadline_s: float,
-    ) -> list[tuple[str, str]]:
-        """Ask every recruited expert at once; the (expert, answer) pairs that came back before the deadline."""
+    ) -> list[_Answer]:
+        """Ask these experts at once; the answers with text that came back before the deadline, in their order."""
 
-        async def ask(name: str) -> str | None:
+        async def ask(name: str) -> dict[str, Any] | None:
             call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))
             record.calls.append(call)
             started = time.perf_counter()
@@ -220,8 +342,7 @@ class ChatService:
             call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
             tokens = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
             record.cost_usd = (record.cost_usd or 0.0) + tokens * self._experts[name].price_per_mtok / 1e6
-            choices = payload.get("choices") or [{}]
-            return (choices[0].get("message") or {}).get("content") or None
+            return payload
 
         tasks = [asyncio.create_task(ask(name)) for name in experts]
         try:
@@ -230,13 +351,33 @@ class ChatService:
             for task in tasks:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # let cancelled calls record themselves
-        return [
-            (name, task.result())
+        answers = [
+            _Answer(name, payload)
             for name, task in zip(experts, tasks, strict=True)
-            if not task.cancelled() and task.exception() is None and task.result()
+            if not task.cancelled() and task.exception() is None and (payload := task.result()) is not None
         ]
+        return [answer for answer in answers if answer.text]
 
-    def _new_record(self, body: ChatCompletionRequest, target: Target, key: ApiKey | None) -> DecisionRecord:
+    def _answered(self, record: DecisionRecord, answer: _Answer) -> dict[str, Any]:
+        """A vote's or a cascade's answer as the completion: its call is already recorded and paid for; the
+        upstream time is the whole fan-out's, and all of it passed before the first token."""
+        record.chosen_expert = answer.expert
+        first_call = min(call.started_at for call in record.calls)
+        record.upstream_ms = round((datetime.now(UTC) - first_call).total_seconds() * 1000, 3)
+        record.ttft_ms = record.upstream_ms
+        usage = answer.payload.get("usage") or {}
+        record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        record.status, record.http_status = "ok", 200
+        return _openai_completion(answer.payload, record)
+
+    def _new_record(
+        self,
+        body: ChatCompletionRequest,
+        target: Target,
+        key: ApiKey | None,
+        messages: list[dict[str, Any]],
+    ) -> DecisionRecord:
+        """`messages`: as in `_route`."""
         # One hash of what decides the answer: the record's request_hash and (per tenant) the response-cache key.
         # Streamed or not, and who asked (`user`), do not change the answer; everything else does.
         content = body.model_dump(exclude_none=True, exclude={"stream", "stream_options", "user"})
@@ -247,7 +388,7 @@ class ChatService:
             policy=target.knob,
             request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
             stream=body.stream,
-            prompt=json.dumps(body.wire_messages()) if self.log_prompts else None,
+            prompt=json.dumps(messages) if self.log_prompts else None,
             api_key_id=key.id if key else None,
             tenant=key.tenant if key else None,
         )
@@ -292,9 +433,10 @@ class ChatService:
     # -- non-streaming ------------------------------------------------------------------------
     async def complete(self, body: ChatCompletionRequest, request: Request, key: ApiKey | None) -> JSONResponse:
         target = self.target(body, request)
-        record = self._new_record(body, target, key)
+        messages = body.wire_messages()
+        record = self._new_record(body, target, key, messages)
         try:
-            payload = await _unless_disconnected(request, self._complete(body, target, record))
+            payload = await _unless_disconnected(request, self._complete(body, messages, target, record))
             return JSONResponse(payload, headers=self._headers(record))
         except APIError as error:
             self._fail(record, error, "error")
@@ -331,22 +473,27 @@ class ChatService:
             return call, started, result
         raise self._all_failed(failures)
 
-    async def _complete(self, body: ChatCompletionRequest, target: Target, record: DecisionRecord) -> dict[str, Any]:
+    async def _complete(
+        self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
+    ) -> dict[str, Any]:
         if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
             return _openai_completion(cached, record)
-        candidates, messages = await self._plan(target, body, record)
-        params = body.upstream_params()
-        call, started, payload = await self._first_success(
-            candidates, record, lambda name: self.clients[name].complete(messages, params)
-        )
-        call.status, call.latency_ms = "ok", _ms(started)
-        usage = payload.get("usage")
-        call.prompt_tokens = (usage or {}).get("prompt_tokens")
-        call.completion_tokens = (usage or {}).get("completion_tokens")
-        record.status, record.http_status = "ok", 200
-        self._finish(record, usage, started)
-        record.ttft_ms = record.upstream_ms
-        completion = _openai_completion(payload, record)
+        plan = await self._plan(target, body, messages, record)
+        if plan.answer is not None:
+            completion = self._answered(record, plan.answer)
+        else:
+            params = body.upstream_params()
+            call, started, payload = await self._first_success(
+                plan.candidates, record, lambda name: self.clients[name].complete(plan.messages, params)
+            )
+            call.status, call.latency_ms = "ok", _ms(started)
+            usage = payload.get("usage")
+            call.prompt_tokens = (usage or {}).get("prompt_tokens")
+            call.completion_tokens = (usage or {}).get("completion_tokens")
+            record.status, record.http_status = "ok", 200
+            self._finish(record, usage, started)
+            record.ttft_ms = record.upstream_ms
+            completion = _openai_completion(payload, record)
         if target.use_cache:
             await self._cache_store(record, completion)
         return completion
@@ -357,9 +504,10 @@ class ChatService:
     ) -> StreamingResponse | JSONResponse:
         """Fallback is possible until the first chunk is in hand; headers wait for it so they name the expert."""
         target = self.target(body, request)
-        record = self._new_record(body, target, key)
+        messages = body.wire_messages()
+        record = self._new_record(body, target, key, messages)
         try:
-            opened = await _unless_disconnected(request, self._open_stream(body, target, record))
+            opened = await _unless_disconnected(request, self._open_stream(body, messages, target, record))
         except APIError as error:
             self._fail(record, error, "error")
             self._record(record)
@@ -378,15 +526,20 @@ class ChatService:
         )
 
     async def _open_stream(
-        self, body: ChatCompletionRequest, target: Target, record: DecisionRecord
+        self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
     ) -> _OpenStream:
         if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
-            return _OpenStream(None, _replay(cached), _CACHED_FIRST, time.perf_counter())
-        candidates, messages = await self._plan(target, body, record)
+            return _OpenStream(None, _replay(cached), _REPLAY_FIRST, time.perf_counter())
+        plan = await self._plan(target, body, messages, record)
+        if plan.answer is not None:  # complete already: cached now, then streamed as a cached answer is
+            completion = self._answered(record, plan.answer)
+            if target.use_cache:
+                await self._cache_store(record, completion)
+            return _OpenStream(None, _replay(completion), _REPLAY_FIRST, time.perf_counter())
         params = body.upstream_params()
 
         async def first_chunk(name: str) -> tuple[AsyncGenerator[dict[str, Any], None], dict[str, Any]]:
-            chunks = self.clients[name].stream(messages, params)
+            chunks = self.clients[name].stream(plan.messages, params)
             try:
                 return chunks, await anext(chunks)
             except StopAsyncIteration:
@@ -396,7 +549,7 @@ class ChatService:
                 await chunks.aclose()
                 raise
 
-        call, started, (chunks, first) = await self._first_success(candidates, record, first_chunk)
+        call, started, (chunks, first) = await self._first_success(plan.candidates, record, first_chunk)
         return _OpenStream(call, chunks, first, started)
 
     async def _relay(
@@ -478,22 +631,38 @@ def _cache_key(record: DecisionRecord) -> str:
 
 @dataclass
 class _OpenStream:
-    call: ExpertCall | None  # None when the answer comes from the cache
+    call: ExpertCall | None  # None when the answer was complete before streaming (the cache, a vote, a cascade)
     chunks: AsyncGenerator[dict[str, Any], None]
     first: dict[str, Any]
     started: float
 
 
-_CACHED_FIRST: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+_REPLAY_FIRST: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
 
 
-async def _replay(cached: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-    """A cached answer as the upstream chunks that would have carried it (after `_CACHED_FIRST`)."""
-    choice = cached["choices"][0]
+async def _replay(completion: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    """A complete answer (cached, voted) as the upstream chunks that would have carried it (after `_REPLAY_FIRST`)."""
+    choice = completion["choices"][0]
     yield {"choices": [{"index": 0, "delta": {"content": choice["message"].get("content") or ""}}]}
     yield {"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}
-    if cached.get("usage"):
-        yield {"choices": [], "usage": cached["usage"]}
+    if completion.get("usage"):
+        yield {"choices": [], "usage": completion["usage"]}
+
+
+def _pick(answers: list[_Answer], vote: VoteConfig | CascadeConfig) -> _Answer:
+    """The heaviest answer naming the weighted-majority choice (the first when none names one)."""
+    weights = expert_weights([a.expert for a in answers], vote.accuracy, vote.options)
+    return answers[pick_answer([a.text for a in answers], weights, vote.options)]
+
+
+def _agreement(knob: str) -> int:
+    """A cascade's per-request knob: how many called experts must name one choice, a whole number >= 1."""
+    if not (knob.isascii() and knob.isdigit()) or int(knob) < 1:
+        raise APIError(
+            400, f"bad cascade knob {knob!r}: the number of experts that must agree (e.g. `:2`)",
+            param="model", code="invalid_cascade_knob",
+        )
+    return int(knob)
 
 
 async def _unless_disconnected(request: Request, work: Any) -> Any:

@@ -36,7 +36,7 @@ POSTGRES_ADMIN_URL = os.environ.get("MOE_TEST_POSTGRES_URL", "postgresql+psycopg
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 MATH_QUESTION = "Solve for x: 3x + 7 = 22. What is the value of x?"
-HISTORY_QUESTION = "In which year did the French Revolution begin, with the storming of the Bastille?"
+HISTORY_QUESTION = "Which ancient empire built the Great Wall of China, and during which dynasty was most of it constructed?"
 
 
 @pytest.hookimpl(hookwrapper=True)

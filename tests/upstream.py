@@ -3,7 +3,8 @@
 Behaviour is chosen by the requested model name, so one server can play a healthy expert and a
 broken one at once: names containing `fail500` answer 500, `reject400` answer 400, `slow` wait 5 s
 before answering, `drip` stream one word every 0.3 s, `broken` cut the stream (or the body)
-midway; anything else echoes the last user message.
+midway; anything else echoes the last user message. `RECEIVED` counts the requests per model name, so a
+test can tell which experts were called (and which never were).
 
 Run alone for the benchmark: `python -m tests.upstream --port 9100`.
 """
@@ -16,6 +17,7 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -27,6 +29,7 @@ from starlette.routing import Route
 
 SLOW_S = 5.0
 DRIP_S = 0.3
+RECEIVED: Counter[str] = Counter()  # per model name: bounded by the names, not by the requests of a benchmark
 
 
 def _reply_text(body: dict) -> str:
@@ -48,6 +51,7 @@ def _usage(body: dict, text: str) -> dict:
 async def chat(request: Request) -> Response:
     body = await request.json()
     model = body["model"]
+    RECEIVED[model] += 1
     if "fail500" in model:
         return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
     if "reject400" in model:
