@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -318,13 +319,29 @@ def running_servers(
     timeout_s: float = READY_TIMEOUT_S,
     console: Console | None = None,
 ) -> Iterator[list[RunningServer]]:
-    servers = start_servers(
-        config, venv=venv, cache_dir=cache_dir, log_dir=log_dir, timeout_s=timeout_s, console=console
-    )
+    """The config's servers, started, and stopped on the way out: on SIGTERM too.
+
+    The servers run in their own process groups, so nothing else stops them. SIGTERM's default
+    action would end this process without unwinding (and uvicorn, which handles SIGTERM itself while
+    it serves, raises it again once it has shut down), so it exits through Python instead.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signals are handled
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     try:
-        yield servers
+        servers = start_servers(
+            config, venv=venv, cache_dir=cache_dir, log_dir=log_dir, timeout_s=timeout_s, console=console
+        )
+        try:
+            yield servers
+        finally:
+            stop_servers(servers)
     finally:
-        stop_servers(servers)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 # --- small helpers ---------------------------------------------------------------------------------

@@ -107,6 +107,38 @@ def test_stop_servers_ends_the_whole_process_group(tmp_path: Path) -> None:
     assert not _alive(child_pid)
 
 
+def test_sigterm_while_the_gateway_serves_still_stops_the_servers(tmp_path: Path) -> None:
+    """`moe up` shape: servers around a uvicorn server; uvicorn re-raises SIGTERM once it has shut down."""
+    script = f"""
+import subprocess, sys
+from pathlib import Path
+import uvicorn
+from experts import launcher
+from gateway.config import DEFAULT_CONFIG, load_config
+
+def start_servers(config, **_):
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a server in its own group, as vLLM
+    print(process.pid, flush=True)
+    return [launcher.RunningServer(config.servers[0], process, Path({str(tmp_path)!r}), [])]
+
+async def app(scope, receive, send):
+    pass
+
+launcher.start_servers = start_servers
+with launcher.running_servers(load_config(DEFAULT_CONFIG)):
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="warning", lifespan="off"))
+    print("serving", flush=True)
+    server.run()
+"""
+    gateway = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server_pid = int(gateway.stdout.readline())  # type: ignore[union-attr]
+    assert gateway.stdout.readline().strip() == "serving"  # type: ignore[union-attr]
+    time.sleep(1.0)  # uvicorn installs its signal handlers as it starts
+    gateway.send_signal(signal.SIGTERM)
+    assert gateway.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not _alive(server_pid)
+
+
 def _alive(pid: int) -> bool:
     """A zombie (killed, not yet reaped by whoever adopted it) counts as gone."""
     try:
