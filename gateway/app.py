@@ -150,8 +150,13 @@ def create_app(
             metrics.in_flight.set(in_flight.current)
             metrics.redis_up.set(1 if service.state.redis_ok else 0)
             metrics.overload_rejections.set(in_flight.rejected)
+            # Breakers are read from where routing reads them (Redis, shared by the replicas, else this process),
+            # not tracked from this replica's failures: the gauge shows breakers other replicas opened, and drops
+            # to 0 when a cooldown ends even if no request has tried the expert since.
+            tripped = await service.state.open_breakers(list(service.health.status))
             for name, health in service.health.status.items():
                 metrics.expert_up.labels(name).set(1 if health.healthy else 0)
+                metrics.breaker_open.labels(name).set(1 if name in tripped else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from gateway.settings import Settings
 from training.cli import app as router_app
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from gateway.keys import KeyStore
 
 app = typer.Typer(help="Model-routing OpenAI-compatible gateway.", no_args_is_help=True, add_completion=False)
@@ -44,26 +47,36 @@ def _config_or_exit(settings: Settings):  # noqa: ANN202 - GatewayConfig, import
 def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes, each with its own routers, in-flight bound "
+                                                    "and /metrics")] = 1,
 ) -> None:
     """Run the gateway (config from MOE_CONFIG, decision log at DATABASE_URL)."""
     import uvicorn
 
-    from gateway.app import StartupError, create_app
     from gateway.logs import logging_config
 
     settings = Settings()
-    config = _config_or_exit(settings)
-    try:
-        application = create_app(settings, config)
-        # On SIGTERM uvicorn stops accepting, lets in-flight requests (streams too) finish for up to
-        # MOE_DRAIN_S, cancels the rest, then runs the lifespan's shutdown, which flushes the decision log.
-        # Its access log stays off: the gateway logs one line per chat request from the decision record.
-        uvicorn.run(application, host=host, port=port, workers=workers, access_log=False, log_level="info",
-                    log_config=logging_config(settings.moe_log_format), timeout_graceful_shutdown=settings.moe_drain_s)
-    except StartupError as exc:
-        console.print(f"[red]cannot start[/red]: {exc}")
-        raise typer.Exit(1) from None
+    _config_or_exit(settings)  # a bad config stops here, with its field's path, not in every worker
+    # An app factory's import string: uvicorn's workers are processes, each building its own app (one
+    # worker takes the same path). On SIGTERM uvicorn stops accepting, lets in-flight requests (streams
+    # too) finish for up to MOE_DRAIN_S, cancels the rest, then runs the lifespan's shutdown, which
+    # flushes the decision log. Its access log stays off: the gateway logs one line per chat request
+    # from the decision record.
+    uvicorn.run("gateway.cli:serve_app", factory=True, host=host, port=port, workers=workers, access_log=False,
+                log_level="info", log_config=logging_config(settings.moe_log_format),
+                timeout_graceful_shutdown=settings.moe_drain_s)
+
+
+def serve_app() -> FastAPI:
+    """`moe serve`'s app, built by uvicorn in each worker process from the environment (MOE_CONFIG...)."""
+    from gateway.app import create_app
+    from gateway.logs import THIRD_PARTY_WARNING_ONLY
+
+    # uvicorn configured logging before importing the app, and with it litellm, which attaches its own
+    # stderr handlers at import: drop them again, so that its lines go through ours as well.
+    for name in THIRD_PARTY_WARNING_ONLY:
+        logging.getLogger(name).handlers.clear()
+    return create_app()
 
 
 @app.command("check-config")

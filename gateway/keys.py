@@ -8,7 +8,7 @@ slow password hash would need a scan and a slow check per request). The first ch
 The gateway checks a key against a short in-process cache (`MOE_KEY_CACHE_TTL_S`), so the database
 is asked at most once per key and TTL, and a revocation reaches every replica within that TTL
 (at once on the replica that revoked it). While the database is down, keys already seen keep their
-last known state; unseen ones get 503.
+last known state, however old; unseen ones get 503.
 
 Spend: a finished request's cost is added in memory and written to `api_keys.spent_usd` by a
 background task, never while a client waits. A key whose spend reaches its budget gets 429
@@ -23,12 +23,12 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Literal, ParamSpec, TypeVar
 
+from cachetools import LRUCache, TTLCache
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -161,8 +161,10 @@ class KeyGuard:
         self.store = store
         self.limiter = limiter
         self.required = required
-        self.cache_ttl_s = cache_ttl_s
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}  # key hash -> (when looked up, key or unknown)
+        # key hash -> the key, or None for an unknown one: trusted without asking the database for a TTL.
+        self._fresh: TTLCache[str, ApiKey | None] = TTLCache(MAX_CACHED, ttl=cache_ttl_s)
+        # The same, kept past the TTL: what answers while the database is down.
+        self._last_known: LRUCache[str, ApiKey | None] = LRUCache(MAX_CACHED)
         self._spent: dict[int, float] = {}  # spend in the database as last seen; it only grows, so the max wins
         self._unwritten: defaultdict[int, float] = defaultdict(float)
         self._writing: dict[int, float] = {}
@@ -193,30 +195,30 @@ class KeyGuard:
         return found
 
     async def _lookup(self, key_hash: str) -> ApiKey | None:
-        cached = self._cache.get(key_hash)
-        if cached and time.monotonic() - cached[0] < self.cache_ttl_s:
-            return cached[1]
+        try:
+            return self._fresh[key_hash]
+        except KeyError:  # never looked up, or longer ago than the TTL
+            pass
         try:
             key = await _in_thread(self.store.find, key_hash)
         except APIError:
-            if cached:
-                # The last known state beats refusing every caller during an outage; ask again after a TTL.
-                self._cache[key_hash] = (time.monotonic(), cached[1])
-                return cached[1]
-            raise
-        self._cache.pop(key_hash, None)  # re-inserted last: the oldest entry goes first when full
-        self._cache[key_hash] = (time.monotonic(), key)
-        if len(self._cache) > MAX_CACHED:
-            del self._cache[next(iter(self._cache))]
-        if key is not None:
-            self._spent[key.id] = max(self._spent.get(key.id, 0.0), key.spent_usd)
+            if key_hash not in self._last_known:
+                raise
+            # The last known state beats refusing every caller during an outage; ask again after a TTL.
+            key = self._last_known[key_hash]
+        else:
+            self._last_known[key_hash] = key
+            if key is not None:
+                self._spent[key.id] = max(self._spent.get(key.id, 0.0), key.spent_usd)
+        self._fresh[key_hash] = key
         return key
 
     async def revoke(self, key_id: int) -> ApiKey | None:
         """Revoke a key; this replica stops accepting it at once, the others within the cache TTL."""
         key = await _in_thread(self.store.revoke, key_id)
-        for key_hash in [h for h, (_, k) in self._cache.items() if k is not None and k.id == key_id]:
-            del self._cache[key_hash]
+        for cache in (self._fresh, self._last_known):
+            for key_hash in [h for h, k in cache.items() if k is not None and k.id == key_id]:
+                del cache[key_hash]
         return key
 
     # -- budget and rate limits -----------------------------------------------------------------

@@ -22,7 +22,7 @@ access_log = logging.getLogger("gateway.access")
 
 # litellm attaches its own stderr handlers at import; routed through ours instead, and quieter,
 # because its messages can carry request details.
-_THIRD_PARTY_WARNING_ONLY = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx")
+THIRD_PARTY_WARNING_ONLY = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx")
 # Record attributes that are bookkeeping, not fields: uvicorn's coloured message, litellm's redaction stamp.
 _NOT_FIELDS = (*RESERVED_ATTRS, "color_message", "litellm_redacted")
 
@@ -48,7 +48,7 @@ def logging_config(log_format: LogFormat, level: str = "INFO") -> dict[str, Any]
         "loggers": {
             # uvicorn's own config gives these handlers and stops propagation; here they share root's.
             **{name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
-            **{name: {"handlers": [], "propagate": True, "level": "WARNING"} for name in _THIRD_PARTY_WARNING_ONLY},
+            **{name: {"handlers": [], "propagate": True, "level": "WARNING"} for name in THIRD_PARTY_WARNING_ONLY},
         },
     }
 

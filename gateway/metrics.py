@@ -42,6 +42,8 @@ class GatewayMetrics:
         self.redis_up = Gauge("llm_redis_reachable", "1 when the shared-state Redis answers", registry=self.registry)
         self.expert_up = Gauge("llm_expert_healthy", "1 when the expert's server answered its last probe", ("expert",),
                                registry=self.registry)
+        self.breaker_open = Gauge("llm_expert_breaker_open", "1 while the expert's circuit breaker is open (ranked last)",
+                                  ("expert",), registry=self.registry)
 
     def observe(self, record: DecisionRecord) -> None:
         vm, router, expert = record.virtual_model or "-", record.router or "-", record.chosen_expert or "-"

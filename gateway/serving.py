@@ -1,7 +1,9 @@
 """Chat completions: resolve the model, route, call the experts with fallback, answer, record.
 
 Every request that reaches routing leaves exactly one decision record, whatever happens after:
-success, all experts failing, a broken stream, or the client hanging up.
+success, all experts failing, a broken stream, the client hanging up (499), or the shutdown drain
+(MOE_DRAIN_S) running out while it was served: status `shutdown`, 503, the status for a server going
+away, which a client retries elsewhere; the client did nothing (499) and no expert failed (502/504).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive
 
 from experts.aggregate import answers_needed, expert_weights, extract_choice, pick_answer, synthesis_messages
 from experts.client import ExpertClient, ExpertFailure
@@ -444,6 +447,9 @@ class ChatService:
         except ClientGone:
             record.status, record.http_status = "client_disconnected", 499
             return JSONResponse({}, status_code=499)
+        except asyncio.CancelledError:  # not the client (that is ClientGone): uvicorn cancelled it, the drain ran out
+            record.status, record.http_status = "shutdown", 503
+            raise
         finally:
             self._record(record)
 
@@ -516,12 +522,16 @@ class ChatService:
             record.status, record.http_status = "client_disconnected", 499
             self._record(record)
             return JSONResponse({}, status_code=499)
+        except asyncio.CancelledError:  # as in complete(): the drain ran out
+            record.status, record.http_status = "shutdown", 503
+            self._record(record)
+            raise
         except BaseException:
             self._record(record)
             raise
-        return StreamingResponse(
+        return _RelayResponse(
+            opened,
             self._relay(opened, body, record, target.use_cache),
-            media_type="text/event-stream",
             headers={**self._headers(record), "cache-control": "no-cache"},
         )
 
@@ -597,6 +607,11 @@ class ChatService:
             record.status, record.http_status, record.error = "stream_error", 502, str(failure)
             yield _sse(error_body(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
             yield _sse("[DONE]")
+        except (asyncio.CancelledError, GeneratorExit):  # cut short: cancelled while it waited, or closed at a yield
+            # Unless the client was seen leaving, uvicorn cancelled the request: the shutdown drain ran out.
+            if record.status == "client_disconnected" and not opened.client_gone:
+                record.status, record.http_status = "shutdown", 503
+            raise
         finally:
             await opened.chunks.aclose()
             if call is not None:
@@ -635,6 +650,20 @@ class _OpenStream:
     chunks: AsyncGenerator[dict[str, Any], None]
     first: dict[str, Any]
     started: float
+    client_gone: bool = False  # the client hung up mid-stream (see _RelayResponse)
+
+
+class _RelayResponse(StreamingResponse):
+    """The SSE relay of an open stream. A client hanging up and the shutdown drain running out both
+    cut the stream by cancelling it; only the hang-up comes with `http.disconnect`, noted here."""
+
+    def __init__(self, opened: _OpenStream, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.opened = opened
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        await super().listen_for_disconnect(receive)  # returns only on http.disconnect (else it is cancelled)
+        self.opened.client_gone = True
 
 
 _REPLAY_FIRST: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}

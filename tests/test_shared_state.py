@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
     MATH_QUESTION,
@@ -79,16 +79,28 @@ def test_a_completed_stream_is_cached_and_a_broken_one_is_not(upstream: str, rou
     assert text == f"[echo-general] {history}"
 
 
+def breakers_open(base_url: str) -> dict[str, float]:
+    """`llm_expert_breaker_open` per expert, as /metrics says it."""
+    families = text_string_to_metric_families(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return {s.labels["expert"]: s.value for f in families if f.name == "llm_expert_breaker_open" for s in f.samples}
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])
 def test_breaker_opens_after_repeated_failures_and_half_opens(upstream: str, router_artifact: Path, sqlite_url: str,
                                                               tmp_path: Path, redis_url: str, shared: bool) -> None:
     experts = [expert("stem", "fail500", f"{upstream}/v1", domains=STEM),
                expert("general", "echo-general", f"{upstream}/v1", domains=REST)]
-    settings = {"moe_breaker_threshold": 2, "moe_breaker_cooldown_s": 1.0, "redis_url": redis_url if shared else None}
+    settings = {"moe_breaker_threshold": 2, "moe_breaker_cooldown_s": 2.0, "redis_url": redis_url if shared else None}
     with running_gateway(routed_config(experts, router_artifact), sqlite_url, tmp_path, **settings) as gw:
-        ids = [chat(gw.v1, **{"cache-control": "no-store"})[0].headers["x-moe-decision-id"] for _ in range(3)]
-        time.sleep(1.5)  # the cooldown passes: the next request tries stem again (half-open)
+        gauges = [breakers_open(gw.base_url)]
+        ids = [chat(gw.v1, **{"cache-control": "no-store"})[0].headers["x-moe-decision-id"] for _ in range(2)]
+        gauges.append(breakers_open(gw.base_url))  # stem's second failure opened its breaker
         ids.append(chat(gw.v1, **{"cache-control": "no-store"})[0].headers["x-moe-decision-id"])
+        # The cooldown passes: the gauge drops without a request, and the next request tries stem again (half-open).
+        wait_for(lambda: breakers_open(gw.base_url)["stem"] == 0, what="the cooldown to end")
+        ids.append(chat(gw.v1, **{"cache-control": "no-store"})[0].headers["x-moe-decision-id"])
+        gauges.append(breakers_open(gw.base_url))  # one failure since: below the threshold, still closed
+    assert gauges == [{"stem": 0, "general": 0}, {"stem": 1, "general": 0}, {"stem": 0, "general": 0}]
     rows = {r.id: r for r in decisions(sqlite_url)}
     tried = [[c.expert for c in rows[i].calls] for i in ids]
     assert tried == [["stem", "general"], ["stem", "general"], ["general"], ["stem", "general"]]

@@ -3,12 +3,15 @@ finish (for up to MOE_DRAIN_S), then flushes the decision log before it exits.""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +49,8 @@ class ServeProcess:
 
 
 @contextmanager
-def moe_serve(experts: list[dict[str, Any]], router_artifact: Path, workdir: Path, database_url: str,
-              **env: str) -> Iterator[ServeProcess]:
+def moe_serve(experts: list[dict[str, Any]], router_artifact: Path, workdir: Path, database_url: str, *,
+              workers: int = 1, **env: str) -> Iterator[ServeProcess]:
     """`moe serve` in a process of its own, configured through its environment as an operator would."""
     config = {
         "experts": experts,
@@ -63,8 +66,10 @@ def moe_serve(experts: list[dict[str, Any]], router_artifact: Path, workdir: Pat
     port = free_port()
     stdout_path, stderr_path = workdir / "serve.stdout", workdir / "serve.stderr"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                                   cwd=ROOT, env=environ, stdout=stdout, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=ROOT, env=environ, stdout=stdout, stderr=stderr,
+        )
     served = ServeProcess(process, f"http://127.0.0.1:{port}", stderr_path, stdout_path)
     try:
         # Generous: the process imports torch and loads the router's encoder before it listens.
@@ -124,13 +129,17 @@ def test_sigterm_lets_an_open_stream_finish_then_flushes_its_record(
     assert [(c.expert, c.status) for c in record.calls] == [("stem", "ok")]
 
 
-def test_drain_is_bounded_and_a_cut_stream_is_still_recorded(
+def test_drain_is_bounded_and_what_it_cuts_is_recorded_as_shutdown(
     upstream: str, router_artifact: Path, postgres_url: str, tmp_path: Path
 ) -> None:
     question = f"{MATH_QUESTION} Show every step of the working in detail, please. " * 3  # ~40 words: ~12 s of drip
     drain_s = 1.0
-    with moe_serve(drip_experts(upstream), router_artifact, tmp_path, postgres_url,
-                   MOE_DRAIN_S=str(drain_s), MOE_LOG_FLUSH_S="600") as gw:
+    # `slow` declares no domain, so nothing is routed to it; it is asked by name, answering after SLOW_S.
+    experts = [*drip_experts(upstream), expert("slow", "slow-general", f"{upstream}/v1")]
+    with moe_serve(experts, router_artifact, tmp_path, postgres_url,
+                   MOE_DRAIN_S=str(drain_s), MOE_LOG_FLUSH_S="600") as gw, ThreadPoolExecutor(1) as pool:
+        pool.submit(httpx.post, f"{gw.v1}/chat/completions", timeout=30,
+                    json={"model": "slow", "messages": [{"role": "user", "content": MATH_QUESTION}]})
         client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
         with client.chat.completions.with_streaming_response.create(
             model="moe-auto", messages=[{"role": "user", "content": question}], stream=True
@@ -138,6 +147,8 @@ def test_drain_is_bounded_and_a_cut_stream_is_still_recorded(
             decision_id = response.headers["x-moe-decision-id"]
             chunks = iter(response.parse())
             received = [next(chunks).choices[0].delta.content or ""]
+            wait_for(lambda: "llm_requests_in_flight 2.0" in httpx.get(f"{gw.base_url}/metrics").text,
+                     what="the plain request to be in flight too")
             signalled = time.monotonic()
             gw.process.send_signal(signal.SIGTERM)
             with pytest.raises((httpx.HTTPError, openai.APIError)):  # the connection drops mid-body
@@ -147,6 +158,36 @@ def test_drain_is_bounded_and_a_cut_stream_is_still_recorded(
         exited_s = time.monotonic() - signalled
     assert exited_s < drain_s + 10  # not the ~12 s the stream wanted
     assert len("".join(received).split()) < len(question.split())
-    [record] = decisions(postgres_url)  # written by the shutdown flush after the stream was cancelled
-    assert record.id == decision_id and record.status != "ok"
-    assert [(c.expert, c.status) for c in record.calls] == [("stem", "cancelled")]
+    # Written by the shutdown flush after the drain cancelled them: the gateway's doing, not the client's (499).
+    streamed, cut = sorted(decisions(postgres_url), key=lambda r: r.id != decision_id)
+    assert (streamed.id, streamed.status, streamed.http_status) == (decision_id, "shutdown", 503)
+    assert [(c.expert, c.status) for c in streamed.calls] == [("stem", "cancelled")]
+    assert (cut.requested_model, cut.stream, cut.status, cut.http_status) == ("slow", False, "shutdown", 503)
+    assert [(c.expert, c.status) for c in cut.calls] == [("slow", "cancelled")]
+
+
+def test_serve_with_two_workers(upstream: str, router_artifact: Path, postgres_url: str, tmp_path: Path) -> None:
+    """`moe serve --workers 2`: two processes, each with its app built from the environment, behind one port."""
+    experts = [expert("stem", "echo-stem", f"{upstream}/v1", domains=STEM),
+               expert("general", "echo-general", f"{upstream}/v1", domains=REST)]
+    with moe_serve(experts, router_artifact, tmp_path, postgres_url, workers=2) as gw:
+        wait_for(lambda: gw.stderr().count("Application startup complete.") == 2, timeout_s=180,
+                 what="both workers to start")
+        assert httpx.get(f"{gw.base_url}/healthz", timeout=10).json() == {"status": "ok"}
+        client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+        answers = [client.chat.completions.with_raw_response.create(
+            model="moe-auto", messages=[{"role": "user", "content": MATH_QUESTION}]) for _ in range(4)]
+        wait_for(lambda: len(decisions(postgres_url)) == len(answers), what="a decision record per request")
+        gw.process.send_signal(signal.SIGTERM)
+        assert gw.process.wait(timeout=60) == 0  # the supervisor stops its workers, then exits
+        stderr = gw.stderr()
+    workers = set(re.findall(r"Started server process \[(\d+)\]", stderr))
+    assert len(workers) == 2 and str(gw.process.pid) not in workers
+    # Each worker logs through the gateway's JSON handler, litellm too (which attaches its own at import).
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert {r["logger"] for r in records} >= {"uvicorn.error", "gateway.access", "LiteLLM"}
+    assert " - LiteLLM:" not in stderr  # no line in litellm's own format
+    assert "Traceback" not in stderr
+    for answer in answers:
+        assert answer.headers["x-moe-expert"] == "stem"
+        assert answer.parse().choices[0].message.content == f"[echo-stem] {MATH_QUESTION}"
