@@ -359,3 +359,24 @@ def test_refuses_a_journal_of_another_input_and_an_existing_output(batch_env: di
     out.write_text("earlier results\n")
     assert "already exists" in refused()
     assert out.read_text() == "earlier results\n"
+
+
+@pytest.mark.parametrize("mode", ["synthesis", "vote", "cascade"])
+def test_models_answering_with_several_experts_are_refused(
+    mode: str, batch_env: dict[str, str], router_artifact: Path, tmp_path: Path
+) -> None:
+    with recording_upstream() as (recorder, v1):
+        experts = [expert(name, f"echo-{name}", v1) for name in ("stem", "humanities", "general")]
+        config = write_config(tmp_path / "config.yaml", experts, router_artifact)
+        raw = yaml.safe_load(config.read_text())
+        raw["virtual_models"].append({"name": "moe-many", "router": "embedding", mode: {}})
+        config.write_text(yaml.safe_dump(raw))
+        source = write_lines(tmp_path / "in.jsonl", [envelope("many", "moe-many", MATH_QUESTION),
+                                                      envelope("one", "moe-auto", MATH_QUESTION)])
+        run_cli(source, tmp_path / "out.jsonl", "--config", config)
+
+    many, one = read_jsonl(tmp_path / "out.jsonl")
+    assert many["response"]["status_code"] == 400
+    assert many["response"]["body"]["error"]["code"] == "unsupported_in_batch"
+    assert one["response"]["status_code"] == 200
+    assert len(recorder.arrivals) == 1  # only the single-expert request reached an expert
