@@ -23,6 +23,7 @@ import numpy as np
 from routers.policy import CostPolicy, expected_cost
 
 if TYPE_CHECKING:
+    from routers.cost import CostModel
     from routers.features import QueryFeatures
 
 MANIFEST = "router.json"
@@ -124,6 +125,7 @@ class Router(ABC):
 
     family: ClassVar[str]
     features: QueryFeatures | None = None  # what it reads of a query, for the families that share them
+    cost_model: CostModel | None = None  # each expert's cost predicted per query, when trained with costs
 
     def __init__(self, experts: Sequence[ExpertProfile], manifest: Manifest | None = None) -> None:
         if not experts:
@@ -149,8 +151,15 @@ class Router(ABC):
         """Shape (len(texts), len(self.experts)): how good each expert is expected to be."""
 
     def expected_cost(self) -> np.ndarray:
-        """USD per query for each expert, what a cost-aware policy trades quality against."""
+        """USD per query for each expert, on average: what a budget over several experts counts."""
         return expected_cost(self.experts, self.manifest)
+
+    def query_cost(self, texts: Sequence[str]) -> np.ndarray:
+        """Shape (len(texts), len(self.experts)): USD each expert is expected to cost for each query, what a
+        cost-aware policy trades quality against (the average when the router predicts no per-query cost)."""
+        if self.cost_model is not None:
+            return self.cost_model(texts)
+        return np.tile(self.expected_cost(), (len(texts), 1))
 
     def decide(self, messages: Sequence[Mapping[str, Any]], policy: CostPolicy | None = None) -> Decision:
         """Rank the experts by predicted quality, or by `policy` (quality traded against expected cost)."""
@@ -159,12 +168,24 @@ class Router(ABC):
     def decide_many(self, queries: Sequence[tuple[Sequence[Mapping[str, Any]], CostPolicy | None]]) -> list[Decision]:
         """`decide` for several conversations in one forward pass: what a busy gateway or a batch run does."""
         started = time.perf_counter()
-        scores = self.score([query_text(messages) for messages, _ in queries])
+        texts = [query_text(messages) for messages, _ in queries]
+        scores = self.score(texts)
+        costs = self.query_cost(texts) if any(policy is not None for _, policy in queries) else [None] * len(texts)
         latency_ms = (time.perf_counter() - started) * 1000
-        return [self._decision(row, policy, latency_ms) for row, (_, policy) in zip(scores, queries, strict=True)]
+        return [
+            self._decision(row, policy, cost, latency_ms)
+            for row, cost, (_, policy) in zip(scores, costs, queries, strict=True)
+        ]
 
-    def _decision(self, scores: np.ndarray, policy: CostPolicy | None, latency_ms: float) -> Decision:
-        order = np.argsort(-scores, kind="stable") if policy is None else policy.rank(scores, self.expected_cost())
+    def _decision(
+        self, scores: np.ndarray, policy: CostPolicy | None, cost: np.ndarray | None, latency_ms: float
+    ) -> Decision:
+        """`cost`: the query's expected USD per expert, given when there is a policy to trade it against."""
+        if policy is None:
+            order = np.argsort(-scores, kind="stable")
+        else:
+            assert cost is not None, "a policy needs the query's cost"
+            order = policy.rank(scores, cost)
         ranked = [ExpertScore(self.experts[i].name, float(scores[i])) for i in order]
         total = float(np.sum(np.clip(scores, 0, None)))
         confidence = ranked[0].score / total if total > 0 else 0.0

@@ -219,7 +219,7 @@ class BertDomainRouter(QualityRouter):
             "general_expert": self.experts[int(self.overall.argmax())].name,
             "threshold": self.threshold,
         }
-        self.manifest = self._manifest(name, train, dev, metrics, params)
+        self._fitted(name, train, dev, metrics, params)
         return self
 
     def _expected_quality(self, domain_probs: np.ndarray) -> np.ndarray:

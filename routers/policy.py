@@ -49,9 +49,10 @@ class CostPolicy:
             raise ValueError(f"margin must be a finite number >= 0, not {self.margin}")
 
     def choose(self, quality: np.ndarray, expected_cost: np.ndarray) -> np.ndarray:
-        """Per row of `quality` [n, m], the index of the chosen expert; `expected_cost` [m] in USD per query."""
+        """Per row of `quality` [n, m], the index of the chosen expert; `expected_cost` in USD per query, per
+        expert [m] or per query and expert [n, m]."""
         quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
-        cost = _per_1k(expected_cost, quality.shape[1])
+        cost = _per_1k(expected_cost, quality.shape)
         if self.margin is None:
             return np.argmax(quality - self.lam * cost, axis=1)
         eligible = quality >= quality.max(axis=1, keepdims=True) - self.margin
@@ -62,7 +63,7 @@ class CostPolicy:
     def rank(self, quality: np.ndarray, expected_cost: np.ndarray) -> np.ndarray:
         """Every expert's index for one query [m], best first: the chosen one, then the fallbacks."""
         quality = np.asarray(quality, dtype=np.float64)
-        cost = _per_1k(expected_cost, len(quality))
+        cost = _per_1k(expected_cost, quality.shape)
         if self.margin is None:
             return np.argsort(-(quality - self.lam * cost), kind="stable")
         eligible = quality >= quality.max() - self.margin
@@ -71,10 +72,10 @@ class CostPolicy:
         return np.array(by_cost + by_quality, dtype=np.int64)
 
 
-def _per_1k(expected_cost: np.ndarray, m: int) -> np.ndarray:
+def _per_1k(expected_cost: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     cost = np.asarray(expected_cost, dtype=np.float64) * QUERIES_PER_COST_UNIT
-    if cost.shape != (m,):
-        raise ValueError(f"expected_cost has shape {cost.shape}, the quality has {m} experts")
+    if cost.shape not in {shape, shape[-1:]}:
+        raise ValueError(f"expected_cost has shape {cost.shape}, the quality {shape}")
     return cost
 
 
@@ -107,9 +108,13 @@ def parse_knob(text: str, calibration: Mapping[str, float] | None = None) -> Cos
 
 
 def lambda_grid(quality: np.ndarray, expected_cost: np.ndarray, points: int = 200) -> np.ndarray:
-    """lam values from 0 (pure quality) to one large enough that every query goes to the cheapest expert."""
-    cost = np.unique(np.asarray(expected_cost, dtype=np.float64) * QUERIES_PER_COST_UNIT)
-    gaps = np.diff(cost)
+    """lam values from 0 (pure quality) to one large enough that every query goes to the cheapest expert.
+
+    `expected_cost`: per expert [m] or per query and expert [n, m]; what matters is the smallest gap
+    between two experts' costs for one query.
+    """
+    cost = np.sort(np.atleast_2d(np.asarray(expected_cost, dtype=np.float64)) * QUERIES_PER_COST_UNIT, axis=1)
+    gaps = np.diff(cost, axis=1)
     if not len(gaps) or not (gaps > 0).any():
         return np.zeros(1)  # one price for everyone: cost cannot change a choice
     spread = float(np.ptp(quality)) or 1.0
@@ -128,7 +133,7 @@ def calibrate(
     at the lowest dev cost (the lam of best quality when no lam reaches it).
 
     `scores_dev` [n, m] are the router's predictions for `dev`'s rows, columns in `dev.experts` order;
-    `expected_cost` is what `decide` will use (default: dev's mean cost per expert).
+    `expected_cost` is what `decide` will use, [m] or [n, m] (default: dev's mean cost per expert).
     """
     cost = dev.mean_cost() if expected_cost is None else np.asarray(expected_cost, dtype=np.float64)
     best_single = float(dev.scores.mean(axis=0).max())

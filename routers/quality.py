@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from routers.base import ExpertProfile, Manifest, Router, data_hash
+from routers.cost import CostModel
+from routers.policy import calibrate
 
 if TYPE_CHECKING:
     from training.dataset import RoutingDataset
@@ -60,28 +62,48 @@ def routing_metrics(prefix: str, predicted: np.ndarray, dataset: RoutingDataset)
 
 
 class QualityRouter(Router):
-    """A router whose `score` is each expert's expected quality, trained on a RoutingDataset."""
+    """A router whose `score` is each expert's expected quality, trained on a RoutingDataset; with the
+    dataset's costs, it also predicts each expert's cost per query (`routers/cost.py`)."""
 
-    def _manifest(
+    def _fitted(
         self, name: str, train: RoutingDataset, dev: RoutingDataset, metrics: dict[str, float], params: dict[str, Any]
-    ) -> Manifest:
+    ) -> None:
+        """The last step of every family's fit: the per-query cost model, the cost knobs calibrated on dev
+        (`q90`, `q95`, `q100`: see routers/policy.py) and the manifest."""
+        self.cost_model = CostModel.fit(train.queries.tolist(), train.costs)
+        dev_texts = dev.queries.tolist()
+        calibration = (
+            calibrate(self.score(dev_texts), dev, expected_cost=self.query_cost(dev_texts)) if len(dev) else {}
+        )
         rows = [
             {"query": q, "scores": s, "split": split}
             for part, split in ((train, "train"), (dev, "dev"))
             for q, s in zip(part.queries.tolist(), part.scores.tolist(), strict=True)
         ]
-        return Manifest(
+        self.manifest = Manifest(
             family=self.family,
             name=name,
             version=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
             data_hash=data_hash(rows),
             experts=list(train.experts),
             metrics={"n_train": float(len(train)), **metrics},
-            # The cost policy trades quality against this, aligned with `experts`.
-            params={"mean_cost": train.mean_cost().tolist(), **params},
+            # Budgets over several experts count this average, aligned with `experts`.
+            params={
+                "mean_cost": train.mean_cost().tolist(),
+                "query_cost": self.cost_model is not None,
+                "calibration": calibration,
+                **params,
+            },
         )
+
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        if self.cost_model is not None:
+            self.cost_model.save(directory)
 
     @classmethod
     def load(cls, directory: Path, experts: Sequence[ExpertProfile]) -> Router:
         manifest = Manifest.read(directory)
-        return cls._load(directory, manifest, aligned_profiles(manifest.experts, experts))
+        router = cls._load(directory, manifest, aligned_profiles(manifest.experts, experts))
+        router.cost_model = CostModel.load(directory)
+        return router

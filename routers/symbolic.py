@@ -124,7 +124,7 @@ class SkillBasedRouter(QualityRouter):
             "k": k,
             "aggregator": self.experts[int(np.argmax(np.concatenate([train.scores, dev.scores]).mean(axis=0)))].name,
         }
-        self.manifest = self._manifest(name, train, dev, metrics, params)
+        self._fitted(name, train, dev, metrics, params)
         return self
 
     def _competence_of(self, skill_probs: np.ndarray) -> np.ndarray:
@@ -136,8 +136,10 @@ class SkillBasedRouter(QualityRouter):
             raise RuntimeError("the router is not fitted")
         return self._competence_of(self.skills.predict_proba(self.features(texts)))
 
-    def _decision(self, scores: np.ndarray, policy: CostPolicy | None, latency_ms: float) -> Decision:
-        decision = super()._decision(scores, policy, latency_ms)
+    def _decision(
+        self, scores: np.ndarray, policy: CostPolicy | None, cost: np.ndarray | None, latency_ms: float
+    ) -> Decision:
+        decision = super()._decision(scores, policy, cost, latency_ms)
         decision.recruited = [ranked.name for ranked in decision.ranked[: self.k]]
         decision.aggregator = self.manifest.params["aggregator"] if self.manifest else None
         return decision

@@ -193,7 +193,7 @@ class RewardDistilledRouter(QualityRouter):
         metrics = routing_metrics("dev", quality, dev)
         # Mean predicted minus mean actual reward per expert, on the rows the calibration was fitted to.
         metrics["dev_calibration_gap"] = float(np.abs(quality.mean(axis=0) - dev.scores.mean(axis=0)).max())
-        self.manifest = self._manifest(
+        self._fitted(
             name,
             train,
             dev,

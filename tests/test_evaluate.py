@@ -53,7 +53,7 @@ class Perfect:
 
     name, kind, experts, fixed_lambda = "perfect", "router", ("a", "b", "c"), None
 
-    def expected_cost(self) -> np.ndarray:
+    def expected_cost(self, data: RoutingDataset) -> np.ndarray:
         return np.array([1e-3, 5e-4, 1e-4])
 
     def score_dataset(self, data: RoutingDataset) -> np.ndarray:

@@ -120,6 +120,9 @@ def test_pool_router_routes_maths_to_a_maths_expert(family: str, pool_artifacts:
     mean_cost = manifest["params"]["mean_cost"]
     assert len(mean_cost) == len(SMALL) and all(cost > 0 for cost in mean_cost)
     assert mean_cost[SMALL.index("Phi-3-mini-4k-instruct")] == min(mean_cost)  # the cheapest model
+    assert manifest["params"]["query_cost"] is True  # the pool knows what every answer cost
+    calibration = manifest["params"]["calibration"]
+    assert set(calibration) == {"q90", "q95", "q100"} and all(lam >= 0 for lam in calibration.values())
 
     experts = [ExpertProfile(name) for name in reversed(SMALL)]  # any order: columns follow the manifest
     router = load_router(directory, experts)

@@ -43,8 +43,8 @@ class Baseline:
         self.train_cost = train.mean_cost()
         return self
 
-    def expected_cost(self) -> np.ndarray:
-        """USD per query per expert, as the policy sees it: the train split's mean cost."""
+    def expected_cost(self, data: RoutingDataset | None = None) -> np.ndarray:
+        """USD per query per expert, as the policy sees it: the train split's mean cost, whatever the query."""
         return self.train_cost
 
     def score_dataset(self, data: RoutingDataset) -> np.ndarray:

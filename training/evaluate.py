@@ -46,7 +46,9 @@ class Candidate(Protocol):
     experts: tuple[str, ...]
     fixed_lambda: float | None  # None: swept into a curve
 
-    def expected_cost(self) -> np.ndarray: ...
+    def expected_cost(self, data: RoutingDataset) -> np.ndarray:
+        """USD the policy expects each expert to cost: per expert [m], or per query of `data` [n, m]."""
+
     def score_dataset(self, data: RoutingDataset) -> np.ndarray: ...
 
 
@@ -64,7 +66,9 @@ class RouterCandidate:
         # Without a measured mean cost in its manifest, the router is credited with the data's own.
         self._cost = router.expected_cost() if has_measured else fallback_cost
 
-    def expected_cost(self) -> np.ndarray:
+    def expected_cost(self, data: RoutingDataset) -> np.ndarray:
+        if self.router.cost_model is not None:  # what its `decide` trades against: each query's predicted cost
+            return self.router.query_cost(list(data.queries))
         return self._cost
 
     def score_dataset(self, data: RoutingDataset, progress: Progress | None = None) -> np.ndarray:
@@ -201,7 +205,7 @@ def evaluate(
             quality = candidate.score_dataset(data)
             if tick:
                 tick(len(data))
-        quality, cost = quality[:, columns], candidate.expected_cost()[columns]
+        quality, cost = quality[:, columns], candidate.expected_cost(data)[..., columns]
         lambdas = [candidate.fixed_lambda] if candidate.fixed_lambda is not None else lambda_grid(quality, cost)
         settings = sweep(quality, cost, data, lambdas)
         hull = envelope(settings)
