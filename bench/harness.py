@@ -265,6 +265,23 @@ async def closed_loop(
     return summarise(samples, wall)
 
 
+def measure(
+    targets: dict[str, tuple[str, str]], warmup: Sequence[str], measured: Sequence[str], levels: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Every target (name -> (url, model)) at every concurrency level, in one run: unmeasured warm-up
+    requests, then the measured ones, closed loop. Keyed `c<level>`, then by target."""
+    results: dict[str, dict[str, Any]] = {}
+    with progress() as bar:
+        for level in levels:
+            row: dict[str, Any] = {}
+            for name, (url, model) in targets.items():
+                task = bar.add_task(f"c{level} {name}", total=len(measured))
+                asyncio.run(closed_loop(url, model, warmup, level))
+                row[name] = asyncio.run(closed_loop(url, model, measured, level, on_done=lambda t=task: bar.advance(t)))
+            results[f"c{level}"] = row
+    return results
+
+
 async def open_loop(
     url: str,
     model: str,

@@ -11,21 +11,18 @@ produced it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from harness import (
     DEFAULT_ROUTER,
     ROOT,
     Processes,
-    closed_loop,
     command_line,
     gateway_config,
     machine,
-    progress,
+    measure,
     questions,
     router_version,
     start_gateway,
@@ -50,8 +47,7 @@ def main() -> None:
     stop_on_sigterm()
 
     work = Path(tempfile.mkdtemp(prefix="moe-bench-"))
-    prompts = questions(args.requests)
-    results: dict[str, Any] = {}
+    prompts = questions(WARMUP + args.requests)
     with Processes(work) as procs:
         upstream_v1 = start_upstream(procs)
         gateway = start_gateway(procs, gateway_config(upstream_v1, args.router), f"sqlite:///{work}/bench.db")
@@ -60,18 +56,11 @@ def main() -> None:
             "gateway_routed": (f"{gateway}/v1/chat/completions", "moe-auto"),
             "gateway_expert": (f"{gateway}/v1/chat/completions", "general"),
         }
-        with progress() as bar:
-            for concurrency in args.concurrency:
-                for name, (url, model) in targets.items():
-                    task = bar.add_task(f"c{concurrency} {name}", total=len(prompts))
-                    asyncio.run(closed_loop(url, model, prompts[:WARMUP], concurrency))
-                    results.setdefault(f"c{concurrency}", {})[name] = asyncio.run(
-                        closed_loop(url, model, prompts, concurrency, on_done=lambda t=task: bar.advance(t))
-                    )
-                row = results[f"c{concurrency}"]
-                for name in ("gateway_routed", "gateway_expert"):
-                    row[f"{name}_added_p50_ms"] = round(row[name]["p50_ms"] - row["direct"]["p50_ms"], 3)
-                    row[f"{name}_added_p99_ms"] = round(row[name]["p99_ms"] - row["direct"]["p99_ms"], 3)
+        results = measure(targets, prompts[:WARMUP], prompts[WARMUP:], args.concurrency)
+        for row in results.values():
+            for name in ("gateway_routed", "gateway_expert"):
+                row[f"{name}_added_p50_ms"] = round(row[name]["p50_ms"] - row["direct"]["p50_ms"], 3)
+                row[f"{name}_added_p99_ms"] = round(row[name]["p99_ms"] - row["direct"]["p99_ms"], 3)
 
     report = {
         "command": command_line(),

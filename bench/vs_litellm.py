@@ -18,7 +18,6 @@ at ERROR and its access log off. The JSON records every setting of both.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -34,12 +33,11 @@ from harness import (
     REQUEST_TIMEOUT_S,
     ROOT,
     Processes,
-    closed_loop,
     command_line,
     free_port,
     gateway_config,
     machine,
-    progress,
+    measure,
     questions,
     router_version,
     start_gateway,
@@ -185,7 +183,6 @@ def main() -> None:
     prompts = questions(args.requests + args.warmup)
     warmup, measured = prompts[: args.warmup], prompts[args.warmup :]
     max_concurrency = max(args.concurrency)
-    results: dict[str, Any] = {}
     with Processes(work) as procs:
         upstream_v1 = start_upstream(procs)
         gateway = start_gateway(procs, gateway_config(upstream_v1, args.router, max_concurrency),
@@ -197,20 +194,11 @@ def main() -> None:
             "gateway_expert": (f"{gateway}/v1/chat/completions", "general"),
             "litellm_proxy": (f"{proxy}/v1/chat/completions", "general"),
         }
-        with progress() as bar:
-            for concurrency in args.concurrency:
-                row: dict[str, Any] = {}
-                for name, (url, model) in targets.items():
-                    task = bar.add_task(f"c{concurrency} {name}", total=len(measured))
-                    asyncio.run(closed_loop(url, model, warmup, concurrency))
-                    row[name] = asyncio.run(
-                        closed_loop(url, model, measured, concurrency, on_done=lambda t=task: bar.advance(t))
-                    )
-                for stat in ("p50", "p99"):
-                    row[f"added_{stat}_ms"] = {
-                        s: round(row[s][f"{stat}_ms"] - row["direct"][f"{stat}_ms"], 3) for s in SYSTEMS
-                    }
-                results[f"c{concurrency}"] = row
+        results = measure(targets, warmup, measured, args.concurrency)
+        for row in results.values():
+            for stat in ("p50", "p99"):
+                direct = row["direct"][f"{stat}_ms"]
+                row[f"added_{stat}_ms"] = {s: round(row[s][f"{stat}_ms"] - direct, 3) for s in SYSTEMS}
 
     report = {
         "command": command_line(),

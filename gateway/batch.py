@@ -46,7 +46,7 @@ from gateway.keys import KeyGuard, KeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from gateway.rate_limit import RateLimiter
-from gateway.serving import ChatService, Target, _ms, _openai_completion
+from gateway.serving import ChatService, Target, _ms
 from gateway.settings import Settings
 from gateway.shared_state import SharedState
 
@@ -242,16 +242,7 @@ class BatchService(ChatService):
             self._fail(job.record, error, "error")
             self.settle(job, error.status, error.body())
             return
-        # As ChatService._complete records a non-streamed answer.
-        job.record.chosen_expert = name
-        call.status, call.latency_ms = "ok", _ms(started)
-        usage = payload.get("usage")
-        call.prompt_tokens = (usage or {}).get("prompt_tokens")
-        call.completion_tokens = (usage or {}).get("completion_tokens")
-        job.record.status, job.record.http_status = "ok", 200
-        self._finish(job.record, usage, started)
-        job.record.ttft_ms = job.record.upstream_ms
-        self.settle(job, 200, _openai_completion(payload, job.record))
+        self.settle(job, 200, self._answer(job.record, call, started, payload))
 
     def settle(self, job: Job, status: int, body: dict[str, Any]) -> None:
         # Journal first: once the entry exists the request is never sent again.

@@ -94,6 +94,12 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
 
 
+def _call_answered(call: ExpertCall, started: float, usage: Mapping[str, Any] | None) -> None:
+    call.status, call.latency_ms = "ok", _ms(started)
+    usage = usage or {}
+    call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
 def _sse(payload: Mapping[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
@@ -326,25 +332,14 @@ class ChatService:
         """Ask these experts at once; the answers with text that came back before the deadline, in their order."""
 
         async def ask(name: str) -> dict[str, Any] | None:
-            call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))
-            record.calls.append(call)
-            started = time.perf_counter()
-            try:
-                payload = await self.clients[name].complete(messages, params)
-            except ExpertFailure as failure:
-                call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
-                if failure.can_fall_back:
-                    await self.state.record_failure(name)
+            try:  # cancelled past the deadline, or when the client hangs up
+                call, started, payload = await self._call(
+                    record, name, lambda: self.clients[name].complete(messages, params)
+                )
+            except ExpertFailure:
                 return None
-            except asyncio.CancelledError:  # past the deadline, or the client hung up
-                call.status, call.latency_ms = "cancelled", _ms(started)
-                raise
-            await self.state.record_success(name)
-            usage = payload.get("usage") or {}
-            call.status, call.latency_ms = "ok", _ms(started)
-            call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            tokens = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
-            record.cost_usd = (record.cost_usd or 0.0) + tokens * self._experts[name].price_per_mtok / 1e6
+            _call_answered(call, started, payload.get("usage"))
+            self._charge(record, name, payload.get("usage"))
             return payload
 
         tasks = [asyncio.create_task(ask(name)) for name in experts]
@@ -413,10 +408,27 @@ class ChatService:
         if usage:
             record.prompt_tokens = usage.get("prompt_tokens")
             record.completion_tokens = usage.get("completion_tokens")
-            expert = self._experts[record.chosen_expert] if record.chosen_expert else None
-            if expert and record.prompt_tokens is not None and record.completion_tokens is not None:
-                tokens = record.prompt_tokens + record.completion_tokens
-                record.cost_usd = (record.cost_usd or 0.0) + tokens * expert.price_per_mtok / 1e6  # after any fan-out
+            if record.chosen_expert:
+                self._charge(record, record.chosen_expert, usage)  # after any fan-out's answers
+
+    def _charge(self, record: DecisionRecord, expert: str, usage: Mapping[str, Any] | None) -> None:
+        """Add what one answer cost to the record, when its usage says how many tokens it took."""
+        prompt, completion = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
+        if prompt is not None and completion is not None:
+            price = self._experts[expert].price_per_mtok
+            record.cost_usd = (record.cost_usd or 0.0) + (prompt + completion) * price / 1e6
+
+    def _answer(
+        self, record: DecisionRecord, call: ExpertCall, started: float, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """An expert's non-streamed answer in hand: its call and the record settled; the completion the client gets."""
+        usage = payload.get("usage")
+        _call_answered(call, started, usage)
+        record.chosen_expert = call.expert
+        record.status, record.http_status = "ok", 200
+        self._finish(record, usage, started)
+        record.ttft_ms = record.upstream_ms
+        return _openai_completion(payload, record)
 
     @staticmethod
     def _fail(record: DecisionRecord, error: APIError, status: str) -> None:
@@ -459,25 +471,37 @@ class ChatService:
         """Try the candidates in order until one answers; falls back only on failures that allow it."""
         failures: list[ExpertFailure] = []
         for name in candidates:
-            call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))
-            record.calls.append(call)
-            started = time.perf_counter()
             try:
-                result = await attempt(name)
+                call, started, result = await self._call(record, name, lambda name=name: attempt(name))
             except ExpertFailure as failure:
-                call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
                 failures.append(failure)
                 if not failure.can_fall_back:
                     break
-                await self.state.record_failure(name)
                 continue
-            except asyncio.CancelledError:
-                call.status, call.latency_ms = "cancelled", _ms(started)
-                raise
-            await self.state.record_success(name)
             record.chosen_expert = name
             return call, started, result
         raise self._all_failed(failures)
+
+    async def _call(
+        self, record: DecisionRecord, name: str, request: Callable[[], Awaitable[_T]]
+    ) -> tuple[ExpertCall, float, _T]:
+        """One expert call, as a row of the record, counted by the expert's breaker; an ExpertFailure is raised
+        on, the row saying what went wrong (or that it was cancelled)."""
+        call = ExpertCall(attempt=len(record.calls), expert=name, started_at=datetime.now(UTC))
+        record.calls.append(call)
+        started = time.perf_counter()
+        try:
+            result = await request()
+        except ExpertFailure as failure:
+            call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
+            if failure.can_fall_back:
+                await self.state.record_failure(name)
+            raise
+        except asyncio.CancelledError:
+            call.status, call.latency_ms = "cancelled", _ms(started)
+            raise
+        await self.state.record_success(name)
+        return call, started, result
 
     async def _complete(
         self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
@@ -492,14 +516,7 @@ class ChatService:
             call, started, payload = await self._first_success(
                 plan.candidates, record, lambda name: self.clients[name].complete(plan.messages, params)
             )
-            call.status, call.latency_ms = "ok", _ms(started)
-            usage = payload.get("usage")
-            call.prompt_tokens = (usage or {}).get("prompt_tokens")
-            call.completion_tokens = (usage or {}).get("completion_tokens")
-            record.status, record.http_status = "ok", 200
-            self._finish(record, usage, started)
-            record.ttft_ms = record.upstream_ms
-            completion = _openai_completion(payload, record)
+            completion = self._answer(record, call, started, payload)
         if target.use_cache:
             await self._cache_store(record, completion)
         return completion
