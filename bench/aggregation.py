@@ -3,6 +3,9 @@
 Two scenarios, as in bench/routing.py: `small` (Llama-3.1-8B, mathstral-7B, Phi-3-mini) and `all`
 (the seven). Vote weights are fitted on train+dev; the selector and competence models on train;
 vote variants and cascade thresholds are chosen on dev; every reported figure is on test.
+Agreement cascades are also replayed with every expert's answer cut at a token limit (max_tokens; the
+limit is chosen on dev): an answer that has not named its choice by then abstains, so a cheap expert
+that rambles escalates the question instead of being paid for the ramble (`Pool.capped`).
 Each target is checked on test; when the `all` one is not met, `targets.all.why_not` holds the
 numbers that show why (escalation frontiers of every stopping signal, with an oracle beside them).
 Writes bench/results/aggregation.json (with the command that produced it) and aggregation.png.
@@ -27,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rich.progress import track  # noqa: E402
+
 from routers.encoder import cached_embeddings  # noqa: E402
 from training import aggregation as agg  # noqa: E402
 from training.evaluate import draw_singles  # noqa: E402
@@ -39,6 +44,7 @@ SMALL = ("Meta-Llama-3_1-8B-Instruct", "mathstral-7B", "Phi-3-mini-4k-instruct")
 SMALL_TARGET, SMALL_BUDGET_SHARE = 0.475, 0.5
 ALL_BUDGET_SHARE = 0.8
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)
+ANSWER_CAPS = (250, 375, 500, 750, 1000, 1500, 2000)  # max_tokens per expert answer
 
 
 def main() -> None:
@@ -54,8 +60,10 @@ def main() -> None:
     llama8, mathstral, phi = small
     best = column[BEST]
     everyone = tuple(range(len(pool.models)))
-    signals = agg.build_signals(pool, cached_embeddings(list(pool.questions), progress=False))
+    embeddings = cached_embeddings(list(pool.questions), progress=False)
+    signals = agg.build_signals(pool, embeddings)
     train, dev, test = signals["train"], signals["dev"], signals["test"]
+    capped = {cap: agg.build_signals(pool.capped(cap), embeddings) for cap in track(ANSWER_CAPS, "answers capped")}
 
     cascades = {
         "small": [(phi, mathstral, llama8), (phi, llama8, mathstral)],
@@ -86,13 +94,20 @@ def main() -> None:
         curves = []
         for order in cascades[scenario]:
             named = " > ".join(pool.models[j] for j in order)
-            strategies.append(agg.replay_agreement_cascade(f"{scenario}: agreement cascade {named}", test, order))
+            name = f"{scenario}: agreement cascade {named}"
+            strategies.append(agg.replay_agreement_cascade(name, test, order))
+            on = {
+                split: [agg.replay_agreement_cascade(f"{name}@{cap}", s[split], order).summary() for cap, s in capped.items()]
+                for split in ("dev", "test")
+            }
+            curves.append(curve(f"{name}, answers capped", "max_tokens", ANSWER_CAPS, on["dev"], on["test"], budgets[scenario]))
             for family, replay in (
                 ("cascade", agg.replay_cascade),
                 ("confident-first agreement cascade", agg.replay_confident_agreement),
             ):
                 name = f"{scenario}: {family} {named}"
-                curves.append(cascade_curve(name, replay, order, dev, test, selector, budgets[scenario]))
+                on = {split: [o.summary() for o in replay(name, s, selector, order, THRESHOLDS)] for split, s in (("dev", dev), ("test", test))}
+                curves.append(curve(name, "threshold", THRESHOLDS.tolist(), on["dev"], on["test"], budgets[scenario]))
         scenarios[scenario] = {
             "strategies": [s.summary() for s in strategies],
             "cascades": curves,
@@ -142,23 +157,22 @@ def vote(scenario: str, experts: agg.ExpertSet, train, dev, test) -> agg.Outcome
     return agg.replay_vote(name, test, [experts] * len(test), weights)
 
 
-def cascade_curve(name: str, replay, order, dev, test, selector, budget: float) -> dict[str, Any]:
-    """`replay`'s threshold sweep on dev and test, and the threshold dev picks: its best accuracy within budget."""
-    on_dev = [o.summary() for o in replay(name, dev, selector, order, THRESHOLDS)]
-    on_test = [o.summary() for o in replay(name, test, selector, order, THRESHOLDS)]
+def curve(name: str, knob: str, values, on_dev: list[dict], on_test: list[dict], budget: float) -> dict[str, Any]:
+    """A cascade's sweep of one knob on dev and test, and the value dev picks: its best accuracy within budget."""
     affordable = [i for i, point in enumerate(on_dev) if point["cost_per_1k"] <= budget]
     picked = max(affordable, key=lambda i: on_dev[i]["accuracy"], default=None)
     return {
         "name": name,
-        "thresholds": THRESHOLDS.tolist(),
+        "knob": knob,
+        "values": list(values),
         "dev": on_dev,
         "test": on_test,
-        "picked_on_dev": None if picked is None else {"threshold": float(THRESHOLDS[picked]), **on_test[picked]},
+        "picked_on_dev": None if picked is None else {knob: values[picked], **on_test[picked]},
     }
 
 
 def targets(scenarios: dict[str, Any], best_single: dict[str, float]) -> dict[str, Any]:
-    """Each target checked on the dev-picked cascade thresholds and the fixed strategies, all on test."""
+    """Each target checked on the dev-picked cascade knobs and the fixed strategies, all on test."""
     result = {}
     for scenario, goal in (("small", SMALL_TARGET), ("all", best_single["accuracy"])):
         report = scenarios[scenario]
@@ -277,7 +291,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.axvline(target["budget_per_1k"], color="red", lw=0.8, ls="--", label="budget")
         ax.axhline(target["target_accuracy"], color="red", lw=0.8, ls=":", label="target accuracy")
         ax.set_xlim(0, 0.3 if scenario == "small" else 1.05)
-        ax.set_title(f"{scenario}: cascade cost-accuracy (test, threshold swept)")
+        ax.set_title(f"{scenario}: cascade cost-accuracy (test, each curve one knob swept)")
         ax.set_xlabel("USD per 1k queries")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)

@@ -24,7 +24,7 @@ import numpy as np
 LETTERS = "ABCDEFGHIJ"
 # MMLU-Pro's evaluation script: the first "answer is (X)", else the last "Answer: X". The pool's
 # recorded `pred` follows the first rule; a bare letter elsewhere in the text is not an answer.
-_ANSWER_IS = re.compile(r"answer is \(?([A-J])\)?")
+ANSWER_IS = re.compile(r"answer is \(?([A-J])\)?")
 _ANSWER_COLON = re.compile(r".*[aA]nswer:\s*\(?([A-J])\)?", re.DOTALL)
 
 
@@ -32,7 +32,7 @@ def extract_choice(text: str | None, n_options: int = len(LETTERS)) -> str | Non
     """The letter the answer commits to, or None when it names none (or one beyond its options)."""
     if not text:
         return None
-    match = _ANSWER_IS.search(text) or _ANSWER_COLON.match(text)
+    match = ANSWER_IS.search(text) or _ANSWER_COLON.match(text)
     if match is None or LETTERS.index(match.group(1)) >= n_options:
         return None
     return match.group(1)

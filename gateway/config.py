@@ -73,13 +73,19 @@ class _Recruiting(_Budgeted):
 
 
 class _Weighted(_Strict):
-    """How much each expert's choice counts in a vote: the log-odds of its accuracy on dev questions."""
+    """Experts naming a choice: how much each one's choice counts (the log-odds of its accuracy on dev
+    questions) and how long each may answer."""
 
     accuracy: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
         default_factory=dict,
         description="dev accuracy per expert; an expert left out votes as an average listed one; none listed: equal weights",
     )
     options: int = Field(10, ge=2, le=10, description="answer options per question (A..J at most), for the log-odds")
+    # A small expert that has not committed to a choice by a few hundred tokens is rarely right, and its ramble
+    # is what a cascade pays most for: cut, it abstains and the next expert is asked (bench/aggregation.py).
+    answer_max_tokens: int | None = Field(
+        None, ge=1, description="cut each expert's answer at this many tokens (the request's max_tokens, if lower, wins)"
+    )
 
 
 class SynthesisConfig(_Recruiting):

@@ -229,7 +229,7 @@ class ChatService:
         self, router: Router, synthesis: SynthesisConfig, plan: _Plan, body: ChatCompletionRequest, record: DecisionRecord
     ) -> _Plan:
         """The aggregator expert answers a conversation holding the recruited experts' answers."""
-        answers = await self._ask_recruited(router, synthesis, plan, body, record)
+        answers = await self._ask_recruited(router, synthesis, plan, body.upstream_params(), record)
         if not answers:
             return plan
         manifest = router.manifest
@@ -245,7 +245,7 @@ class ChatService:
         self, router: Router, vote: VoteConfig, plan: _Plan, body: ChatCompletionRequest, record: DecisionRecord
     ) -> _Plan:
         """The recruited experts' weighted-majority answer."""
-        answers = await self._ask_recruited(router, vote, plan, body, record)
+        answers = await self._ask_recruited(router, vote, plan, _capped(body, vote), record)
         return replace(plan, answer=_pick(answers, vote)) if answers else plan
 
     async def _cascade(
@@ -267,7 +267,7 @@ class ChatService:
         else:  # cheapest first; equal costs keep the routed order (sorted is stable)
             order = sorted(plan.candidates, key=self._expected_cost(router).__getitem__)
         order = await self._up_first(self._within_budget(router, order, cascade.max_cost_usd))
-        params = body.upstream_params()
+        params = _capped(body, cascade)
         deadline = time.perf_counter() + cascade.deadline_s
         answers: list[_Answer] = []
         called = 0
@@ -288,7 +288,7 @@ class ChatService:
         router: Router,
         fan_out: SynthesisConfig | VoteConfig,
         plan: _Plan,
-        body: ChatCompletionRequest,
+        params: Mapping[str, Any],
         record: DecisionRecord,
     ) -> list[_Answer]:
         """The answers of the router's recruited set (or its top k), in routed order and within the budget; none
@@ -300,7 +300,7 @@ class ChatService:
         if len(recruited) < 2:
             return []
         record.recruited = recruited
-        return await self._fan_out(recruited, plan.messages, body.upstream_params(), record, fan_out.deadline_s)
+        return await self._fan_out(recruited, plan.messages, params, record, fan_out.deadline_s)
 
     def _within_budget(self, router: Router, names: list[str], max_cost_usd: float | None) -> list[str]:
         """`names` in order, each kept if the router's expected cost of those kept stays within the budget (the
@@ -699,6 +699,14 @@ def _pick(answers: list[_Answer], vote: VoteConfig | CascadeConfig) -> _Answer:
     """The heaviest answer naming the weighted-majority choice (the first when none names one)."""
     weights = expert_weights([a.expert for a in answers], vote.accuracy, vote.options)
     return answers[pick_answer([a.text for a in answers], weights, vote.options)]
+
+
+def _capped(body: ChatCompletionRequest, combine: VoteConfig | CascadeConfig) -> dict[str, Any]:
+    """The request's upstream parameters with each answer cut at the virtual model's `answer_max_tokens`."""
+    params = body.upstream_params()
+    if combine.answer_max_tokens is not None:
+        params["max_tokens"] = min(params.get("max_tokens", combine.answer_max_tokens), combine.answer_max_tokens)
+    return params
 
 
 def _agreement(knob: str) -> int:

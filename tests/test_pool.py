@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.pool import POOL_DIR_ENV, SPLITS, default_pool_dir, load_pool, prompt_chars
+from training.pool import POOL_DIR_ENV, SPLITS, default_pool_dir, load_pool, prompt_chars, tokens_estimate
 
 pytestmark = pytest.mark.skipif(not default_pool_dir().is_dir(), reason="the shared MMLU-Pro pool is not here")
 
@@ -60,3 +60,20 @@ def test_pool_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     assert default_pool_dir() == tmp_path
     with pytest.raises(FileNotFoundError, match=POOL_DIR_ENV):
         load_pool()
+
+
+def test_capped_answers_keep_only_choices_named_within_the_limit() -> None:
+    pool = load_pool()
+    capped = pool.capped(300)
+    assert capped.answer_tokens.max() == 300
+    long = pool.answer_tokens > 300
+    kept = pool.committed_tokens <= 300
+    # Answers within the limit are untouched; a cut one keeps its choice only if it had named it by then.
+    assert np.array_equal(capped.pred[~long], pool.pred[~long]) and np.array_equal(capped.cost[~long], pool.cost[~long])
+    assert np.array_equal(capped.pred[long & kept], pool.pred[long & kept])
+    assert not capped.pred[long & ~kept].any() and not capped.correct[long & ~kept].any()
+    assert (long & kept).any() and (long & ~kept).any()
+    # A cut answer costs its prompt plus the limit.
+    prompt = np.array([tokens_estimate(prompt_chars(q, list(o))) for q, o in zip(pool.questions, pool.options, strict=True)])
+    assert np.allclose(capped.cost[long], (pool.prices * (prompt[:, None] + 300) / 1e6)[long])
+    assert capped.correct.mean() < pool.correct.mean()

@@ -46,7 +46,7 @@ def gateway(experts: list[dict[str, Any]], router_artifact: Path, database_url: 
 def test_recruited_answers_reach_the_aggregator_and_every_call_is_recorded(gateway: Gateway, database_url: str) -> None:
     client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="moe-synth", messages=[{"role": "user", "content": MATH_QUESTION}], max_tokens=64
+        model="moe-synth", messages=[{"role": "user", "content": MATH_QUESTION}], max_tokens=1000
     )
     answer = raw.parse().choices[0].message.content
     assert raw.headers["x-moe-expert"] == "general"

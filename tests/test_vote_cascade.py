@@ -21,7 +21,8 @@ from gateway.records import DecisionRow
 from tests.conftest import MATH_QUESTION, Gateway, decisions, expert, running_gateway, wait_for
 from tests.upstream import RECEIVED
 
-PRICES = {"cheap": 0.1, "mid": 0.2, "dear": 1.0, "flaky": 0.05}
+PRICES = {"cheap": 0.1, "mid": 0.2, "dear": 1.0, "flaky": 0.05, "rambler": 5.0}
+RAMBLE = "Let me think it through step by step before I commit to anything at all."
 
 
 def says(letter: str) -> str:
@@ -225,19 +226,24 @@ def cascade_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def cascading(upstream: str, router_artifact: Path, cascade_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """cheap and mid answer B, dear answers C; flaky, the cheapest, always fails (only `moe-cheapest` asks it)."""
+    """cheap and mid answer B, dear answers C; flaky, the cheapest, always fails (only `moe-cheapest` asks it);
+    rambler, the dearest, answers B after 14 words (only the `moe-ramble*` cascades ask it)."""
     v1 = f"{upstream}/v1"
     experts = [
         expert("dear", "cascade-dear", v1, price_per_mtok=PRICES["dear"], domains=["math"], system_prompt=says("C")),
         expert("mid", "cascade-mid", v1, price_per_mtok=PRICES["mid"], domains=["law"], system_prompt=says("B")),
         expert("cheap", "cascade-cheap", v1, price_per_mtok=PRICES["cheap"], domains=["other"], system_prompt=says("B")),
         expert("flaky", "fail500-cascade", v1, price_per_mtok=PRICES["flaky"], domains=["history"]),
+        expert("rambler", "cascade-rambler", v1, price_per_mtok=PRICES["rambler"], domains=["biology"],
+               system_prompt=f"{RAMBLE} {says('B')}"),
     ]
     config = gateway_config(
         experts, router_artifact,
         **{"moe-cascade": {"cascade": {"order": ["cheap", "mid", "dear"]}},
            "moe-cheapest": {"cascade": {}},
-           "moe-escalate": {"cascade": {"order": ["cheap", "dear", "mid"]}}},
+           "moe-escalate": {"cascade": {"order": ["cheap", "dear", "mid"]}},
+           "moe-ramble": {"cascade": {"order": ["rambler", "mid", "dear"]}},
+           "moe-ramble-capped": {"cascade": {"order": ["rambler", "mid", "dear"], "answer_max_tokens": 8}}},
     )
     with running_gateway(config, cascade_db, tmp_path_factory.mktemp("cascade-gw")) as gw:
         yield gw
@@ -313,3 +319,29 @@ def test_the_cascade_streams_through_the_openai_sdk(cascading: Gateway, cascade_
     assert chunks[-1].usage is not None and raw.headers["x-moe-recruited"] == "cheap,dear,mid"
     row = record(cascade_db, raw.headers["x-moe-decision-id"])
     assert row.stream and row.status == "ok" and [c.status for c in row.calls] == ["ok", "ok", "ok"]
+
+
+def test_an_answer_cut_at_answer_max_tokens_before_naming_a_choice_abstains_and_escalates(
+    cascading: Gateway, cascade_db: str
+) -> None:
+    """Uncut, the rambler's late B agrees with mid's; cut at 8 tokens it names nothing, so dear is asked too."""
+    asked = ("cascade-rambler", "cascade-mid", "cascade-dear")
+    before = dict(RECEIVED)
+    ask(cascading, "moe-ramble")
+    assert [RECEIVED[m] - before.get(m, 0) for m in asked] == [1, 1, 0]
+
+    before = dict(RECEIVED)
+    answer, headers = ask(cascading, "moe-ramble-capped")
+    assert [RECEIVED[m] - before.get(m, 0) for m in asked] == [1, 1, 1]
+    # mid's B against dear's C: the tie goes to the earlier answer, cut at 8 tokens like every answer.
+    assert answer == " ".join(reply("cascade-mid", "B").split()[:8])
+    row = record(cascade_db, headers["x-moe-decision-id"])
+    assert {c.expert: c.completion_tokens for c in row.calls}["rambler"] == 8
+
+
+def test_a_request_max_tokens_below_the_cap_wins(cascading: Gateway, cascade_db: str) -> None:
+    raw = openai.OpenAI(base_url=cascading.v1, api_key="unused", max_retries=0).chat.completions.with_raw_response.create(
+        model="moe-ramble-capped", messages=[{"role": "user", "content": MATH_QUESTION}], max_tokens=5
+    )
+    row = record(cascade_db, raw.headers["x-moe-decision-id"])
+    assert max(c.completion_tokens for c in row.calls) == 5

@@ -3,7 +3,8 @@
 Behaviour is chosen by the requested model name, so one server can play a healthy expert and a
 broken one at once: names containing `fail500` answer 500, `reject400` answer 400, `slow` wait 5 s
 before answering, `drip` stream one word every 0.3 s, `broken` cut the stream (or the body)
-midway; anything else echoes the last user message. `RECEIVED` counts the requests per model name, so a
+midway; anything else echoes the last user message. Like a real server it stops at `max_tokens` (a
+word is a token here; finish_reason "length"). `RECEIVED` counts the requests per model name, so a
 test can tell which experts were called (and which never were).
 
 Run alone for the benchmark: `python -m tests.upstream --port 9100`.
@@ -59,6 +60,10 @@ async def chat(request: Request) -> Response:
     if "slow" in model:
         await asyncio.sleep(SLOW_S)
     text = _reply_text(body)
+    limit = body.get("max_tokens")
+    finish = "length" if limit is not None and len(text.split()) > limit else "stop"
+    if finish == "length":
+        text = " ".join(text.split()[:limit])
     created = int(time.time())
     if not body.get("stream"):
         payload = {
@@ -66,7 +71,7 @@ async def chat(request: Request) -> Response:
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": _usage(body, text),
         }
         if "broken" in model:
@@ -94,7 +99,7 @@ async def chat(request: Request) -> Response:
             if "drip" in model:
                 await asyncio.sleep(DRIP_S)
             yield chunk({"content": word if i == 0 else " " + word})
-        yield chunk({}, "stop")
+        yield chunk({}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
             yield chunk({}, usage=_usage(body, text))
         yield b"data: [DONE]\n\n"

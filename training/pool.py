@@ -3,10 +3,14 @@
 See the pool's README.md. Costs follow its reference table exactly: tokens = ceil(chars / 4) of the
 prompt (the question followed directly by its options joined with newlines) plus ceil(chars / 4)
 of the model's generated answer, at the model's price per 1M tokens. Parsed pools are kept in memory.
+
+`Pool.capped` replays the answers as if each had been cut at a token limit (max_tokens): the answer
+text is not kept, only its length and where it committed to its choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -16,6 +20,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from experts.aggregate import ANSWER_IS
 
 POOL_DIR_ENV = "MOE_POOL_DIR"
 SPLITS = ("train", "dev", "test")
@@ -50,6 +56,8 @@ class Pool:
     cost: np.ndarray  # float [n, m]: USD for that model to answer that question
     split: np.ndarray  # str [n]: train / dev / test
     pred: np.ndarray  # str [n, m]: each model's extracted answer letter, "" where none was extracted
+    answer_tokens: np.ndarray  # int [n, m]: tokens of each answer (ceil(chars / 4))
+    committed_tokens: np.ndarray  # int [n, m]: tokens of the answer up to where it named `pred` (see `capped`)
 
     def __len__(self) -> int:
         return len(self.question_ids)
@@ -74,6 +82,23 @@ class Pool:
             cost=self.cost[indices],
             split=self.split[indices],
             pred=self.pred[indices],
+            answer_tokens=self.answer_tokens[indices],
+            committed_tokens=self.committed_tokens[indices],
+        )
+
+    def capped(self, max_tokens: int) -> Pool:
+        """The pool as if every answer had been cut at `max_tokens`: a cut answer keeps its choice only if it
+        had named it by then (its first "answer is (X)"), else it names none and is wrong; it costs the tokens
+        it got to. Answers within the limit are unchanged."""
+        kept = self.committed_tokens <= max_tokens
+        cut = np.minimum(self.answer_tokens, max_tokens)
+        return dataclasses.replace(
+            self,
+            pred=np.where(kept, self.pred, ""),
+            correct=self.correct & kept,
+            cost=self.cost - self.prices * (self.answer_tokens - cut) / 1e6,
+            answer_tokens=cut,
+            committed_tokens=np.where(kept, self.committed_tokens, np.iinfo(np.int64).max),
         )
 
     def of_split(self, split: str) -> Pool:
@@ -110,6 +135,7 @@ def _load(pool_dir: Path) -> Pool:
     prices = np.array([m["price_per_mtok"] for m in catalogue], dtype=np.float64)
     correct = np.zeros((len(rows), len(models)), dtype=bool)
     answer_tokens = np.zeros((len(rows), len(models)), dtype=np.int64)
+    committed_tokens = np.full((len(rows), len(models)), np.iinfo(np.int64).max, dtype=np.int64)
     pred = np.full((len(rows), len(models)), "", dtype="<U1")
     for j, model in enumerate(models):
         answered = np.zeros(len(rows), dtype=bool)
@@ -118,7 +144,10 @@ def _load(pool_dir: Path) -> Pool:
             answered[i] = True
             correct[i, j] = response["correct"]
             pred[i, j] = response["pred"] or ""
-            answer_tokens[i, j] = tokens_estimate(len(response["generated_text"] or ""))
+            text = response["generated_text"] or ""
+            answer_tokens[i, j] = tokens_estimate(len(text))
+            if pred[i, j]:
+                committed_tokens[i, j] = tokens_estimate(_committed_chars(text, pred[i, j]))
         if not answered.all():
             raise ValueError(f"{model} has no response for {int((~answered).sum())} questions")
 
@@ -138,11 +167,20 @@ def _load(pool_dir: Path) -> Pool:
         cost=prices * (prompt_tokens[:, None] + answer_tokens) / 1e6,
         split=split.astype(str),
         pred=pred,
+        answer_tokens=answer_tokens,
+        committed_tokens=committed_tokens,
     )
     for array in vars(pool).values():
         if isinstance(array, np.ndarray):
             array.flags.writeable = False  # the cached pool is shared by every caller
     return pool
+
+
+def _committed_chars(text: str, pred: str) -> int:
+    """Characters of `text` up to the end of its first "answer is (X)" naming `pred`; the whole text when the
+    recorded choice came from a later rule (MMLU-Pro's script reads the last "Answer: X", else guesses)."""
+    match = ANSWER_IS.search(text)
+    return match.end() if match and match.group(1) == pred else len(text)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
