@@ -40,15 +40,21 @@ class StartupError(RuntimeError):
     """The gateway cannot start; the message says what to fix."""
 
 
-def load_routers(config: GatewayConfig) -> dict[str, Router]:
-    profiles = [e.profile() for e in config.experts]
-    routers: dict[str, Router] = {}
+def check_artifacts(config: GatewayConfig) -> None:
+    """Every configured router has a trained artifact, else a StartupError saying how to train it."""
     for rc in config.routers:
         if not rc.artifact.is_dir():
             raise StartupError(
                 f"router {rc.name!r}: no trained artifact at {rc.artifact}; "
                 f"train one with `moe router train --out {rc.artifact}`"
             )
+
+
+def load_routers(config: GatewayConfig) -> dict[str, Router]:
+    check_artifacts(config)
+    profiles = [e.profile() for e in config.experts]
+    routers: dict[str, Router] = {}
+    for rc in config.routers:
         routers[rc.name] = load_router(rc.artifact, profiles)
         log.info("router %s loaded (%s@%s)", rc.name, routers[rc.name].name, routers[rc.name].version)
     for vm in config.virtual_models:

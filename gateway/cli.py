@@ -55,8 +55,16 @@ def serve(
 
     from gateway.logs import logging_config
 
+    from gateway.app import StartupError, check_artifacts
+
     settings = Settings()
-    _config_or_exit(settings)  # a bad config stops here, with its field's path, not in every worker
+    # A bad config or a missing router stops here, in one clear line, not as a traceback in every worker (and
+    # with several workers uvicorn's supervisor would exit 0 after one failed to start).
+    try:
+        check_artifacts(_config_or_exit(settings))
+    except StartupError as exc:
+        console.print(f"[red]cannot start[/red]: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
     # An app factory's import string: uvicorn's workers are processes, each building its own app (one
     # worker takes the same path). On SIGTERM uvicorn stops accepting, lets in-flight requests (streams
     # too) finish for up to MOE_DRAIN_S, cancels the rest, then runs the lifespan's shutdown, which

@@ -33,7 +33,7 @@ from gateway.config import (
     VoteConfig,
 )
 from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall
-from gateway.errors import APIError, error_body
+from gateway.errors import APIError, error_body, error_response
 from gateway.keys import ApiKey, KeyGuard
 from gateway.logs import log_request
 from gateway.metrics import GatewayMetrics
@@ -461,7 +461,14 @@ class ChatService:
             return JSONResponse({}, status_code=499)
         except asyncio.CancelledError:  # not the client (that is ClientGone): uvicorn cancelled it, the drain ran out
             record.status, record.http_status = "shutdown", 503
-            raise
+            # The cancel is the drain's deadline, not a reason to leave the client a bare 500: it gets a 503 it
+            # can retry elsewhere, sent while the server finishes shutting down.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            response = error_response(503, "The gateway is shutting down; retry the request.", code="shutting_down")
+            response.headers["retry-after"] = "1"
+            return response
         finally:
             self._record(record)
 

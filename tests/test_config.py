@@ -66,3 +66,16 @@ def test_cli_reports_the_bad_field_and_exits_non_zero(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check-config", str(write(tmp_path, config))])
     assert result.exit_code == 2
     assert "experts.0.api_base" in result.output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_without_a_trained_router_says_how_to_train_one_and_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    config = yaml.safe_load(yaml.safe_dump(VALID))
+    config["routers"][0]["artifact"] = str(tmp_path / "untrained")
+    monkeypatch.setenv("MOE_CONFIG", str(write(tmp_path, config)))
+    result = CliRunner().invoke(app, ["serve", "--port", "9", "--workers", workers])
+    assert result.exit_code == 2  # before uvicorn starts: with 2 workers, its supervisor would have exited 0
+    assert f"no trained artifact at {tmp_path / 'untrained'}" in result.output
+    assert "moe router train" in result.output

@@ -138,8 +138,8 @@ def test_drain_is_bounded_and_what_it_cuts_is_recorded_as_shutdown(
     experts = [*drip_experts(upstream), expert("slow", "slow-general", f"{upstream}/v1")]
     with moe_serve(experts, router_artifact, tmp_path, postgres_url,
                    MOE_DRAIN_S=str(drain_s), MOE_LOG_FLUSH_S="600") as gw, ThreadPoolExecutor(1) as pool:
-        pool.submit(httpx.post, f"{gw.v1}/chat/completions", timeout=30,
-                    json={"model": "slow", "messages": [{"role": "user", "content": MATH_QUESTION}]})
+        plain = pool.submit(httpx.post, f"{gw.v1}/chat/completions", timeout=30,
+                            json={"model": "slow", "messages": [{"role": "user", "content": MATH_QUESTION}]})
         client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
         with client.chat.completions.with_streaming_response.create(
             model="moe-auto", messages=[{"role": "user", "content": question}], stream=True
@@ -157,6 +157,10 @@ def test_drain_is_bounded_and_what_it_cuts_is_recorded_as_shutdown(
         assert gw.process.wait(timeout=30) == -signal.SIGTERM
         exited_s = time.monotonic() - signalled
     assert exited_s < drain_s + 10  # not the ~12 s the stream wanted
+    # The plain request had no byte yet: it gets a 503 to retry elsewhere, in OpenAI's shape, not a bare 500.
+    cut_off = plain.result()
+    assert cut_off.status_code == 503 and cut_off.headers["retry-after"] == "1"
+    assert cut_off.json()["error"]["code"] == "shutting_down"
     assert len("".join(received).split()) < len(question.split())
     # Written by the shutdown flush after the drain cancelled them: the gateway's doing, not the client's (499).
     streamed, cut = sorted(decisions(postgres_url), key=lambda r: r.id != decision_id)
