@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,13 +39,13 @@ from experts.client import ExpertFailure
 from experts.health import HealthMonitor
 from gateway.app import StartupError, load_routers
 from gateway.config import GatewayConfig
-from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall, make_engine
+from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
 from gateway.errors import APIError, _validation_message
 from gateway.keys import KeyGuard, KeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from gateway.rate_limit import RateLimiter
-from gateway.serving import ChatService, Target, _ms
+from gateway.serving import ChatService, Target
 from gateway.settings import Settings
 from gateway.shared_state import SharedState
 
@@ -228,13 +227,11 @@ class BatchService(ChatService):
     async def attempt(self, job: Job) -> None:
         """Call the job's next candidate; finish the job unless it may fall back to another one."""
         name = job.expert
-        call = ExpertCall(attempt=len(job.record.calls), expert=name, started_at=datetime.now(UTC))
-        job.record.calls.append(call)
-        started = time.perf_counter()
-        try:
-            payload = await self.clients[name].complete(job.body.wire_messages(), job.body.upstream_params())
+        try:  # a row of the decision record, kept as the gateway keeps its calls
+            call, started, payload = await self._call(
+                job.record, name, lambda: self.clients[name].complete(job.body.wire_messages(), job.body.upstream_params())
+            )
         except ExpertFailure as failure:
-            call.status, call.error, call.latency_ms = failure.kind, str(failure), _ms(started)
             job.failures.append(failure)
             if failure.can_fall_back and len(job.record.calls) < len(job.candidates):
                 return  # the next round sends it to its next-ranked expert
