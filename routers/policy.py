@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from training.dataset import RoutingDataset
 
 QUERIES_PER_COST_UNIT = 1000  # lam is per USD per 1k queries
+GRID_SAMPLE_ROWS = 20_000  # queries whose choice crossings place the lam grid
 # Without measured costs, a query is priced as this many tokens at the expert's price per 1M tokens,
 # which makes an expert's USD per 1k queries equal to its price_per_mtok.
 ASSUMED_TOKENS_PER_QUERY = 1000
@@ -108,18 +109,27 @@ def parse_knob(text: str, calibration: Mapping[str, float] | None = None) -> Cos
 
 
 def lambda_grid(quality: np.ndarray, expected_cost: np.ndarray, points: int = 200) -> np.ndarray:
-    """lam values from 0 (pure quality) to one large enough that every query goes to the cheapest expert.
+    """lam values from 0 (pure quality) to one where every query goes to its cheapest expert.
 
-    `expected_cost`: per expert [m] or per query and expert [n, m]; what matters is the smallest gap
-    between two experts' costs for one query.
+    A query's choice changes only where lam crosses (q_a - q_b) / (c_a - c_b) for an expert a at least
+    as good as b and dearer (0 for a tie in quality: any lam > 0 breaks it toward the cheaper one). The
+    grid takes quantiles of those crossings and a lam between each two, so the sweep is dense where
+    choices change; a log-spaced grid over the same span spent most points where none does and skipped
+    the first switches away from the dearest expert. `quality` [n, m]; `expected_cost` per expert [m] or
+    per query and expert [n, m].
     """
-    cost = np.sort(np.atleast_2d(np.asarray(expected_cost, dtype=np.float64)) * QUERIES_PER_COST_UNIT, axis=1)
-    gaps = np.diff(cost, axis=1)
-    if not len(gaps) or not (gaps > 0).any():
+    quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
+    cost = np.broadcast_to(_per_1k(expected_cost, quality.shape), quality.shape)
+    sample = np.linspace(0, len(quality) - 1, min(len(quality), GRID_SAMPLE_ROWS)).astype(int)  # bounds memory
+    quality, cost = quality[sample], cost[sample]
+    gain = quality[:, :, None] - quality[:, None, :]
+    extra = cost[:, :, None] - cost[:, None, :]
+    trades = (gain >= 0) & (extra > 0)
+    if not trades.any():
         return np.zeros(1)  # one price for everyone: cost cannot change a choice
-    spread = float(np.ptp(quality)) or 1.0
-    largest = 2 * spread / gaps[gaps > 0].min()
-    return np.concatenate([[0.0], np.geomspace(largest * 1e-6, largest, points - 1)])
+    crossings = np.unique(np.quantile(gain[trades] / extra[trades], np.linspace(0.0, 1.0, points - 1)))
+    beyond = 2 * crossings[-1] if crossings[-1] > 0 else 1.0
+    return np.concatenate([[0.0], (crossings[:-1] + crossings[1:]) / 2, [beyond]])
 
 
 def calibrate(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
 from routers.base import ExpertProfile, Manifest, Router
-from routers.policy import CostPolicy, calibrate, expected_cost, parse_knob
+from routers.policy import CostPolicy, calibrate, expected_cost, lambda_grid, parse_knob
 from training.dataset import RoutingDataset
 
 QUALITY = np.array([[0.9, 0.7, 0.4], [0.5, 0.6, 0.55]])
@@ -109,3 +111,23 @@ def test_decide_takes_a_policy_with_manifest_costs_else_prices() -> None:
     manifest = Manifest("fixed", "fixed", "v1", "h", ["small", "mid", "big"], params={"mean_cost": [0.0, 0.0, 0.0]})
     measured = FixedRouter(experts, manifest)  # free experts: cost never changes the choice
     assert measured.decide(messages, CostPolicy(lam=100)).chosen == "big"
+
+
+def test_the_lambda_grid_visits_every_choice_the_policy_can_make() -> None:
+    """Between two neighbouring crossings every query keeps its choice; the grid must land in each such interval."""
+    rng = np.random.default_rng(3)
+    quality = np.round(rng.random((6, 4)), 1)  # rounded: ties in quality, which any lam > 0 breaks
+    cost = rng.random((6, 4)) * 1e-3
+    per_1k = cost * 1000
+    crossings = sorted({
+        (quality[i, a] - quality[i, b]) / (per_1k[i, a] - per_1k[i, b])
+        for i in range(6) for a in range(4) for b in range(4)
+        if quality[i, a] >= quality[i, b] and per_1k[i, a] > per_1k[i, b]
+    })
+    probes = [0.0, *((x + y) / 2 for x, y in zip(crossings, crossings[1:], strict=False)), crossings[-1] * 2]
+
+    def choices(lams: Sequence[float]) -> set[tuple[int, ...]]:
+        return {tuple(CostPolicy(lam=float(lam)).choose(quality, cost)) for lam in lams}
+
+    assert choices(lambda_grid(quality, cost)) == choices(probes)
+    assert len(choices(probes)) > 5
