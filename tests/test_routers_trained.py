@@ -198,3 +198,16 @@ def test_each_family_routes_live_requests_in_the_gateway(pool_artifacts: Artifac
     assert {r.router for r in rows} == set(FAMILIES)
     skill = [r for r in rows if r.router == "skill-based"]
     assert all(r.recruited for r in skill)
+
+
+def test_bert_domain_routes_on_its_onnx_export_of_the_fine_tuned_classifier(pool_artifacts: Artifacts) -> None:
+    from routers.modem import CLASSIFIER_GRAPH, predict_proba
+
+    directory = pool_artifacts["bert-domain"]
+    assert (directory / CLASSIFIER_GRAPH).is_file()  # exported at save: routing needs no torch
+    router = load_router(directory, [ExpertProfile(name) for name in SMALL])
+    texts = [MATHS, HISTORY, "hello", "word " * 200]  # the last one is cut at the classifier's max length
+    logits = router.runner(texts)
+    onnx = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    model, tokenizer = router.classifier
+    np.testing.assert_allclose(onnx, predict_proba(model, tokenizer, texts), atol=1e-5)
