@@ -197,9 +197,22 @@ def load_static_encoder() -> StaticModel:
 
 
 def embed_static(texts: Sequence[str]) -> np.ndarray:
-    """Unit-length float32 static embeddings, shape (len(texts), 384)."""
-    vectors = load_static_encoder().encode(list(texts), use_multiprocessing=False)
-    return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+    """Unit-length float32 static embeddings, shape (len(texts), 384): what `StaticModel.encode` returns
+    (tests/test_encoder.py checks), computed text by text.
+
+    `encode` tokenizes through the tokenizer's `encode_batch`, which releases the GIL: in a gateway whose
+    other threads are busy (litellm prepares each call in a worker thread) getting it back took a switch
+    interval, about 5 ms, where the work takes 0.1 ms. `Tokenizer.encode` keeps the GIL.
+    """
+    model = load_static_encoder()
+    assert model.token_mapping is None and model.weights is None  # how `distill` builds it: a plain lookup
+    chars = model.max_length * model.median_token_length  # `encode` cuts the text there before tokenizing
+    out = np.zeros((len(texts), model.dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        ids = [i for i in model.tokenizer.encode(text[:chars], add_special_tokens=False).ids if i != model.unk_token_id]
+        if ids:
+            out[row] = model.embedding[ids].mean(axis=0)
+    return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-32)
 
 
 def embed(texts: Sequence[str], *, progress: bool = False, batch_size: int = 64) -> np.ndarray:
