@@ -15,6 +15,7 @@ faster than eager PyTorch for one query); PyTorch is for fine-tuning only.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from functools import cached_property
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from training.dataset import RoutingDataset
 
 CLASSIFIER_DIR = "classifier"
-CLASSIFIER_GRAPH = "classifier.onnx"
+CLASSIFIER_GRAPH = "classifier.onnx"  # in CLASSIFIER_DIR, beside the tokenizer.json it reads with
 QUALITY_FILE = "domain_quality.npz"
 # A query's domain shows in its first sentence, and fine-tuning cost grows with length: 64 word pieces
 # keep a full-pool epoch within the training budget on two CPU cores.
@@ -167,6 +168,7 @@ class BertDomainRouter(QualityRouter):
     ) -> None:
         super().__init__(experts, manifest)
         self._directory = directory  # where a saved classifier is read from, on first use
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None  # the graph of a router not saved yet
         self.quality = quality  # [n_domains, m]
         self.overall = overall  # [m]: the general expert's row, used below the confidence threshold
         self.threshold = float(manifest.params.get("threshold", 0.0)) if manifest else 0.0
@@ -181,17 +183,32 @@ class BertDomainRouter(QualityRouter):
         return AutoModelForSequenceClassification.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
     @cached_property
+    def _graph(self) -> Path:
+        """The classifier as an ONNX graph, exported once: into the saved artifact (an artifact saved before
+        graphs were gains one on first load), or, for a router fitted but not saved yet, into a temporary
+        folder that `save` copies from."""
+        if self._directory is not None:
+            folder = self._directory / CLASSIFIER_DIR
+        else:
+            self._scratch = tempfile.TemporaryDirectory(prefix="moe-bert-domain-")  # removed with the router
+            folder = Path(self._scratch.name)
+        graph = folder / CLASSIFIER_GRAPH
+        if not graph.is_file():
+            model, tokenizer = self.classifier
+            tokenizer.save_pretrained(folder)  # the tokenizer.json the runner reads
+            export_bert(_Logits(model), tokenizer, graph)
+        return graph
+
+    @cached_property
     def runner(self) -> Encoder:
         """The classifier on ONNX Runtime, what routing runs: one query takes about 10 ms where eager PyTorch
-        takes 16 (2 cores). Exported once next to the saved classifier (a router not saved yet exports to a
-        temporary folder); torch is then not needed to route."""
-        directory = self._directory or Path(tempfile.mkdtemp(prefix="moe-bert-domain-"))
-        graph = directory / CLASSIFIER_GRAPH
-        if not graph.is_file() or not (directory / CLASSIFIER_DIR / "tokenizer.json").is_file():
-            model, tokenizer = self.classifier
-            tokenizer.save_pretrained(directory / CLASSIFIER_DIR)
-            export_bert(_Logits(model), tokenizer, graph)
-        return onnx_runner(graph, directory / CLASSIFIER_DIR / "tokenizer.json", MAX_LENGTH)
+        takes 16 (2 cores); torch is then not needed to route."""
+        return onnx_runner(self._graph, self._graph.parent / "tokenizer.json", MAX_LENGTH)
+
+    def _domain_probs(self, texts: Sequence[str]) -> np.ndarray:
+        logits = self.runner(list(texts))
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def fit(
         self,
@@ -231,7 +248,7 @@ class BertDomainRouter(QualityRouter):
         both_scores = np.concatenate([train.scores, dev.scores])
         self.quality = smoothed_quality(both_domains, both_scores, classes, QUALITY_PRIOR_STRENGTH)
         self.overall = both_scores.mean(axis=0)
-        dev_probs = predict_proba(model, tokenizer, dev.queries.tolist())
+        dev_probs = self._domain_probs(dev.queries.tolist())  # what routing will compute, from the graph it will run
 
         def dev_accuracy(threshold: float) -> float:
             self.threshold = threshold
@@ -264,16 +281,14 @@ class BertDomainRouter(QualityRouter):
         return expected
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        logits = self.runner(list(texts))
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return self._expected_quality(probs / probs.sum(axis=1, keepdims=True))
+        return self._expected_quality(self._domain_probs(texts))
 
     def _save(self, directory: Path) -> None:
         assert self.quality is not None and self.overall is not None
         model, tokenizer = self.classifier
         model.save_pretrained(directory / CLASSIFIER_DIR)
         tokenizer.save_pretrained(directory / CLASSIFIER_DIR)
-        export_bert(_Logits(model), tokenizer, directory / CLASSIFIER_GRAPH)
+        shutil.copyfile(self._graph, directory / CLASSIFIER_DIR / CLASSIFIER_GRAPH)  # exported at fit, not again
         np.savez(directory / QUALITY_FILE, quality=self.quality, overall=self.overall)
 
     @classmethod

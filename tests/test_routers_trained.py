@@ -201,10 +201,10 @@ def test_each_family_routes_live_requests_in_the_gateway(pool_artifacts: Artifac
 
 
 def test_bert_domain_routes_on_its_onnx_export_of_the_fine_tuned_classifier(pool_artifacts: Artifacts) -> None:
-    from routers.modem import CLASSIFIER_GRAPH, predict_proba
+    from routers.modem import CLASSIFIER_DIR, CLASSIFIER_GRAPH, predict_proba
 
     directory = pool_artifacts["bert-domain"]
-    assert (directory / CLASSIFIER_GRAPH).is_file()  # exported at save: routing needs no torch
+    assert (directory / CLASSIFIER_DIR / CLASSIFIER_GRAPH).is_file()  # saved with it: routing needs no torch
     router = load_router(directory, [ExpertProfile(name) for name in SMALL])
     texts = [MATHS, HISTORY, "hello", "word " * 200]  # the last one is cut at the classifier's max length
     logits = router.runner(texts)
