@@ -53,9 +53,8 @@ def serve(
     """Run the gateway (config from MOE_CONFIG, decision log at DATABASE_URL)."""
     import uvicorn
 
-    from gateway.logs import logging_config
-
     from gateway.app import StartupError, check_artifacts
+    from gateway.logs import logging_config
 
     settings = Settings()
     # A bad config or a missing router stops here, in one clear line, not as a traceback in every worker (and

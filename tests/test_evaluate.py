@@ -81,6 +81,37 @@ def test_evaluate_metrics_by_hand() -> None:
     assert [f["name"] for f in report["frontier"]] == ["perfect"] * 3  # ties go to the first candidate
 
 
+class Undecided:
+    """Rates both experts alike and expects them to cost the same: only recorded costs can tell them apart."""
+
+    name, kind, experts, fixed_lambda = "undecided", "router", ("x", "y"), None
+
+    def expected_cost(self, data: RoutingDataset) -> np.ndarray:
+        return np.array([1.5e-3, 1.5e-3])
+
+    def score_dataset(self, data: RoutingDataset) -> np.ndarray:
+        return np.full((len(data), 2), 0.5)
+
+
+def test_recorded_cost_protocol_lets_a_wrong_answers_cost_steer_the_choice() -> None:
+    # x is right on q0, q1 and y on q2, q3; a wrong answer rambles and costs twice a right one.
+    scores = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)
+    data = RoutingDataset(
+        queries=np.array(["q0", "q1", "q2", "q3"], dtype=object),
+        experts=("x", "y"),
+        scores=scores,
+        costs=np.where(scores == 1, 1e-3, 2e-3),
+        tags=((),) * 4,
+        domains=np.full(4, "", dtype=object),
+        split=np.full(4, "test"),
+    )
+    undecided = evaluate([Undecided()], data, latency_queries=0)["candidates"][0]
+    assert undecided["max_accuracy"] == pytest.approx(0.5)  # before routing it can only guess
+    recorded = undecided["recorded_cost"]
+    assert recorded["max_accuracy"] == pytest.approx(1.0) and recorded["cost_at_max_accuracy"] == pytest.approx(1.0)
+    assert recorded["oracle_gap"] == pytest.approx(0.0)
+
+
 def test_eval_cli_on_a_jsonl_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from training.cli import app
 

@@ -17,6 +17,11 @@ choice is scored with the dataset's recorded answers:
 - oracle_gap: oracle accuracy minus the candidate's best accuracy.
 - latency_ms: p50/p99 of routing one query at a time (`decide`) on this machine, for candidates that
   route from the query's text.
+- recorded_cost (curves only): the same curve and metrics when the policy trades quality against each
+  answer's recorded cost instead of the candidate's expected cost. That is how the pool README scored
+  its plain baseline (it reproduces its 0.5746 at $0.1454), so it is the protocol its reference
+  figures compare with; no router can do this live, since an answer's length, and so its cost, is
+  known only once the answer is written, and long answers are the wrong ones more often.
 """
 
 from __future__ import annotations
@@ -173,6 +178,24 @@ def routing_latency(
     return {"p50": float(np.percentile(elapsed, 50)), "p99": float(np.percentile(elapsed, 99)), "n": len(elapsed)}
 
 
+def curve_metrics(
+    settings: Sequence[Setting], best_cost: float, best_accuracy: float, axis: tuple[float, float], oracle: float
+) -> dict[str, Any]:
+    """The metrics read off one swept curve; `best_*` are the best single expert's cost and accuracy."""
+    hull = envelope(settings)
+    top = max(settings, key=lambda s: (s.accuracy, -s.cost))
+    return {
+        "points": [s.to_json() for s in settings],
+        "frontier": [s.to_json() for s in frontier(settings)],
+        "max_accuracy": top.accuracy,
+        "cost_at_max_accuracy": top.cost,
+        "auc": area_under(hull, *axis),
+        "accuracy_at_half_cost": accuracy_at(hull, 0.5 * best_cost),
+        "cost_at_95_accuracy": cost_at(hull, 0.95 * best_accuracy),
+        "oracle_gap": oracle - top.accuracy,
+    }
+
+
 def evaluate(
     candidates: Sequence[Candidate],
     data: RoutingDataset,
@@ -189,6 +212,7 @@ def evaluate(
     best = int(np.argmax(single_accuracy))
     oracle = sweep(Oracle(data.experts).score_dataset(data), np.zeros(len(data.experts)), data, [0.0])[0]
     axis = (float(single_cost.min()), float(single_cost.max()))
+    reference = (float(single_cost[best]), float(single_accuracy[best]), axis, oracle.accuracy)
     rng = np.random.default_rng(0)
     timing_texts = list(rng.choice(data.queries, size=min(latency_queries, len(data)), replace=False))
 
@@ -208,21 +232,17 @@ def evaluate(
         quality, cost = quality[:, columns], candidate.expected_cost(data)[..., columns]
         lambdas = [candidate.fixed_lambda] if candidate.fixed_lambda is not None else lambda_grid(quality, cost)
         settings = sweep(quality, cost, data, lambdas)
-        hull = envelope(settings)
-        top = max(settings, key=lambda s: (s.accuracy, -s.cost))
         result: dict[str, Any] = {
             "name": candidate.name,
             "kind": candidate.kind,
-            "points": [s.to_json() for s in settings],
-            "frontier": [s.to_json() for s in frontier(settings)],
-            "max_accuracy": top.accuracy,
-            "cost_at_max_accuracy": top.cost,
-            "auc": area_under(hull, *axis) if candidate.fixed_lambda is None else None,
-            "accuracy_at_half_cost": accuracy_at(hull, 0.5 * single_cost[best]),
-            "cost_at_95_accuracy": cost_at(hull, 0.95 * single_accuracy[best]),
-            "oracle_gap": oracle.accuracy - top.accuracy,
+            **curve_metrics(settings, *reference),
             "latency_ms": None,
         }
+        if candidate.fixed_lambda is None:
+            recorded = sweep(quality, data.costs, data, lambda_grid(quality, data.costs))
+            result["recorded_cost"] = curve_metrics(recorded, *reference)
+        else:
+            result["auc"] = None  # one point is not a curve
         if hasattr(candidate, "decide_one") and timing_texts:
             tick = on_start(f"latency {candidate.name}", len(timing_texts)) if on_start else None
             result["latency_ms"] = routing_latency(candidate, timing_texts, CostPolicy(), tick)
@@ -272,47 +292,51 @@ def draw_singles(ax: Any, singles: dict[str, dict[str, float]], best: dict[str, 
 
 
 def plot(scenarios: dict[str, dict[str, Any]], path: Path) -> None:
-    """One cost-quality panel per scenario: every candidate's frontier, single experts, best single, oracle."""
+    """One cost-quality panel per scenario: every candidate's frontier, single experts, best single, oracle.
+    A second row shows the curves again as they are when the policy sees each answer's recorded cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(9.5 * len(scenarios), 5.5), squeeze=False)
-    for ax, (title, report) in zip(axes[0], scenarios.items(), strict=True):
-        draw_singles(ax, report["singles"], report["best_single"])
-        best = report["best_single"]
-        ax.axhline(best["accuracy"], color="black", lw=0.6, ls=":")
-        oracle = report["oracle"]
-        ax.scatter(
-            oracle["cost"],
-            oracle["accuracy"],
-            color="gold",
-            edgecolor="black",
-            marker="*",
-            s=180,
-            zorder=4,
-            label="oracle",
-        )
-        for result in report["candidates"]:
-            if result["name"].startswith("single:") or result["name"] == "oracle":
-                continue
-            points = result["frontier"]
-            costs, accuracies = [p["cost"] for p in points], [p["accuracy"] for p in points]
-            style = {"ls": "--"} if result["kind"] == "reference" else {"lw": 2 if result["kind"] == "router" else 1.2}
-            if len(points) == 1:
-                ax.scatter(costs, accuracies, marker="D", s=40, zorder=4, label=result["name"])
-            else:
-                ax.plot(costs, accuracies, marker=".", ms=4, label=result["name"], **style)
-        ax.set_title(f"{title} ({report['n']} queries)")
-        ax.set_xlabel("cost, USD per 1k queries")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
+    rows = (
+        ("", lambda r: r),
+        (", policy sees recorded costs (pool README's protocol)", lambda r: r.get("recorded_cost")),
+    )
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(9.5 * len(scenarios), 11), squeeze=False)
+    for row, (suffix, curve_of) in zip(axes, rows, strict=True):
+        for ax, (title, report) in zip(row, scenarios.items(), strict=True):
+            draw_panel(ax, report, curve_of)
+            ax.set_title(f"{title} ({report['n']} queries){suffix}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def draw_panel(ax: Any, report: dict[str, Any], curve_of: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+    """One scenario's panel; `curve_of` picks which of a candidate's curves to draw (None: leave it out)."""
+    draw_singles(ax, report["singles"], report["best_single"])
+    best = report["best_single"]
+    ax.axhline(best["accuracy"], color="black", lw=0.6, ls=":")
+    oracle = report["oracle"]
+    ax.scatter(oracle["cost"], oracle["accuracy"], color="gold", edgecolor="black", marker="*", s=180, zorder=4,
+               label="oracle")
+    for result in report["candidates"]:
+        curve = curve_of(result)
+        if curve is None or result["name"].startswith("single:") or result["name"] == "oracle":
+            continue
+        points = curve["frontier"]
+        costs, accuracies = [p["cost"] for p in points], [p["accuracy"] for p in points]
+        style = {"ls": "--"} if result["kind"] == "reference" else {"lw": 2 if result["kind"] == "router" else 1.2}
+        if len(points) == 1:
+            ax.scatter(costs, accuracies, marker="D", s=40, zorder=4, label=result["name"])
+        else:
+            ax.plot(costs, accuracies, marker=".", ms=4, label=result["name"], **style)
+    ax.set_xlabel("cost, USD per 1k queries")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
 
 
 def load_router_candidates(
