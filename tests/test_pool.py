@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.pool import POOL_DIR_ENV, SPLITS, default_pool_dir, load_pool, prompt_chars, tokens_estimate
+from training.pool import (
+    POOL_DIR_ENV,
+    SPLITS,
+    default_pool_dir,
+    load_pool,
+    prompt_chars,
+    prompt_text,
+    tokens_estimate,
+)
 
 pytestmark = pytest.mark.skipif(not default_pool_dir().is_dir(), reason="the shared MMLU-Pro pool is not here")
 
@@ -46,6 +54,15 @@ def test_oracle_reference() -> None:
 
 def test_prompt_is_question_then_options_joined_by_newlines() -> None:
     assert prompt_chars("Q?", ["a", "bb"]) == len("Q?a\nbb")
+
+
+def test_routers_see_the_stem_then_lettered_options() -> None:
+    assert prompt_text("Q?", ["a", "bb"]) == "Q?\n(A) a\n(B) bb"
+    pool = load_pool()
+    row = 5
+    lines = pool.prompts[row].split("\n(")
+    assert lines[0] == pool.questions[row] and len(lines) == 1 + len(pool.options[row])
+    assert lines[-1] == f"{chr(ord('A') + len(pool.options[row]) - 1)}) {pool.options[row][-1]}"
 
 
 def test_parsed_once_and_read_only() -> None:

@@ -70,7 +70,7 @@ class RoutingDataset:
 def from_pool(pool: Pool | None = None) -> RoutingDataset:
     pool = pool or load_pool()
     return RoutingDataset(
-        queries=np.asarray(pool.questions, dtype=object),
+        queries=pool.prompts,
         experts=pool.models,
         scores=pool.correct.astype(np.float64),
         costs=np.asarray(pool.cost, dtype=np.float64),

@@ -15,9 +15,11 @@ import gzip
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
+from string import ascii_uppercase
 
 import numpy as np
 
@@ -37,6 +39,12 @@ def prompt_chars(question: str, options: list[str]) -> int:
     return len(question) + len("\n".join(options))
 
 
+def prompt_text(question: str, options: Sequence[str]) -> str:
+    """The question as a user sends it to the gateway: the stem, then one lettered line per option."""
+    lines = (f"({letter}) {option}" for letter, option in zip(ascii_uppercase, options, strict=False))
+    return "\n".join([question, *lines])
+
+
 def tokens_estimate(chars: int) -> int:
     return math.ceil(chars / 4)
 
@@ -46,7 +54,7 @@ class Pool:
     """One row per question, one column per model; arrays are read-only views meant to be sliced."""
 
     question_ids: np.ndarray  # int64 [n]
-    questions: np.ndarray  # str [n]: the question stem, what routers embed
+    questions: np.ndarray  # str [n]: the question stem
     options: tuple[tuple[str, ...], ...]
     categories: np.ndarray  # str [n]: the 14 MMLU-Pro categories
     src: np.ndarray  # str [n]: origin subject, e.g. ori_mmlu-high_school_physics
@@ -100,6 +108,13 @@ class Pool:
             answer_tokens=cut,
             committed_tokens=np.where(kept, self.committed_tokens, np.iinfo(np.int64).max),
         )
+
+    @cached_property
+    def prompts(self) -> np.ndarray:
+        """str [n]: stem and options (`prompt_text`), what routers train on: the options tell a calculation
+        from a recall question, which the stem alone often does not (dev accuracy of a plain per-expert
+        logistic router over the three small experts: 0.452 against 0.436 on the stem)."""
+        return np.array([prompt_text(q, o) for q, o in zip(self.questions, self.options, strict=True)], dtype=object)
 
     def of_split(self, split: str) -> Pool:
         return self.subset(self.mask(split))
