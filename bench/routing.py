@@ -9,7 +9,7 @@ Writes bench/results/routing.json (with the command that produced it) and bench/
 The targets are checked twice: `expected_cost`, with the policy trading against the cost each
 candidate expects before it routes (what runs live), and `recorded_cost`, with the policy seeing each
 answer's recorded cost, the protocol behind the pool README's plain-baseline figures (see
-training/evaluate.py). The plot shows the first.
+training/evaluate.py). The plot shows the first in its top row, the second below.
 
     python bench/routing.py [--routers var/routers/*] [--latency-queries 200]
 """

@@ -19,7 +19,7 @@ choice is scored with the dataset's recorded answers:
   route from the query's text.
 - recorded_cost (curves only): the same curve and metrics when the policy trades quality against each
   answer's recorded cost instead of the candidate's expected cost. That is how the pool README scored
-  its plain baseline (it reproduces its 0.5746 at $0.1454), so it is the protocol its reference
+  its plain baseline (on question stems it reproduces its 0.5746 at $0.1454), so it is the protocol its reference
   figures compare with; no router can do this live, since an answer's length, and so its cost, is
   known only once the answer is written, and long answers are the wrong ones more often.
 """
@@ -179,9 +179,16 @@ def routing_latency(
 
 
 def curve_metrics(
-    settings: Sequence[Setting], best_cost: float, best_accuracy: float, axis: tuple[float, float], oracle: float
+    settings: Sequence[Setting],
+    best_cost: float,
+    best_accuracy: float,
+    axis: tuple[float, float],
+    oracle: float,
+    *,
+    curve: bool = True,
 ) -> dict[str, Any]:
-    """The metrics read off one swept curve; `best_*` are the best single expert's cost and accuracy."""
+    """The metrics read off one sweep; `best_*` are the best single expert's cost and accuracy; a pinned
+    lam (`curve` False) gives one point, which has no area under it."""
     hull = envelope(settings)
     top = max(settings, key=lambda s: (s.accuracy, -s.cost))
     return {
@@ -189,7 +196,7 @@ def curve_metrics(
         "frontier": [s.to_json() for s in frontier(settings)],
         "max_accuracy": top.accuracy,
         "cost_at_max_accuracy": top.cost,
-        "auc": area_under(hull, *axis),
+        "auc": area_under(hull, *axis) if curve else None,
         "accuracy_at_half_cost": accuracy_at(hull, 0.5 * best_cost),
         "cost_at_95_accuracy": cost_at(hull, 0.95 * best_accuracy),
         "oracle_gap": oracle - top.accuracy,
@@ -235,14 +242,12 @@ def evaluate(
         result: dict[str, Any] = {
             "name": candidate.name,
             "kind": candidate.kind,
-            **curve_metrics(settings, *reference),
+            **curve_metrics(settings, *reference, curve=candidate.fixed_lambda is None),
             "latency_ms": None,
         }
         if candidate.fixed_lambda is None:
             recorded = sweep(quality, data.costs, data, lambda_grid(quality, data.costs))
             result["recorded_cost"] = curve_metrics(recorded, *reference)
-        else:
-            result["auc"] = None  # one point is not a curve
         if hasattr(candidate, "decide_one") and timing_texts:
             tick = on_start(f"latency {candidate.name}", len(timing_texts)) if on_start else None
             result["latency_ms"] = routing_latency(candidate, timing_texts, CostPolicy(), tick)
