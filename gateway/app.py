@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from experts.health import HealthMonitor
+from gateway.bodies import BodyReader, json_body, with_body_schemas
 from gateway.config import GatewayConfig, load_config
 from gateway.decision_log import DecisionLog, make_engine
 from gateway.errors import BodyLimit, install_error_handlers
@@ -99,9 +100,11 @@ def create_app(
             config, routers, decision_log, health, state, keys=keys, metrics=metrics,
             log_prompts=settings.moe_log_prompts, tracer=tracer,
         )
+        bodies.warm()
         try:
             yield
         finally:
+            bodies.close()
             app.state.service.close()
             await health.stop()
             await keys.stop()  # before Redis and the database it writes to go away
@@ -111,6 +114,7 @@ def create_app(
                 await asyncio.to_thread(tracer.shutdown)
 
     metrics = GatewayMetrics()
+    bodies = BodyReader()
     app = FastAPI(title="moe-gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes)
@@ -123,10 +127,11 @@ def create_app(
         tracer = install_tracing(app, span_exporter)
     app.include_router(admin_routes)
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(
-        body: ChatCompletionRequest, request: Request, key: Annotated[ApiKey | None, Depends(metered_caller)]
-    ) -> Response:
+    # The body is read by gateway/bodies.py, not FastAPI (whose parser takes NaN and blocks the event loop on
+    # large bodies); the schema is still published, for clients and the fuzz.
+    @app.post("/v1/chat/completions", response_model=None, openapi_extra=json_body(ChatCompletionRequest))
+    async def chat_completions(request: Request, key: Annotated[ApiKey | None, Depends(metered_caller)]) -> Response:
+        body = await bodies.read(await request.body(), ChatCompletionRequest)
         service: ChatService = request.app.state.service
         if body.stream:
             return await service.stream(body, request, key)
@@ -152,7 +157,7 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         service: ChatService | None = getattr(request.app.state, "service", None)
         if service is not None:
-            metrics.decision_log_pending.set(service.decision_log.pending)
+            metrics.observe_decision_log(service.decision_log.status())
             metrics.in_flight.set(in_flight.current)
             metrics.redis_up.set(1 if service.state.redis_ok else 0)
             metrics.overload_rejections.set(in_flight.rejected)
@@ -165,6 +170,11 @@ def create_app(
                 metrics.breaker_open.labels(name).set(1 if name in tripped else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Liveness: the process answers (a restart is the cure only when it does not). Readiness: this replica can
+    # serve requests now (config, routers, an expert). The database and Redis are reported, not required: the
+    # decision log buffers and spills while the database is down, and the cache and breakers fall back to this
+    # process while Redis is, so taking every replica out of a Service for either would turn a survivable outage
+    # into a full one. The decision log's own state says whether it drains (see DecisionLog.status).
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -174,20 +184,31 @@ def create_app(
         service: ChatService | None = getattr(request.app.state, "service", None)
         if service is None:
             return JSONResponse({"ready": False, "checks": {"config": True, "routers": False}}, status_code=503)
-        database = await asyncio.to_thread(service.decision_log.ping)
         checks = {
             "config": True,
             "routers": len(service.routers) == len(config.routers),
-            "database": database,
             "experts": service.health.any_healthy(),
         }
-        # Redis is optional: when configured but down the gateway still serves (cache off, local breakers).
-        redis = {"configured": service.state.configured, "reachable": service.state.redis_ok}
-        detail = {
-            "experts": {n: {"healthy": h.healthy, "error": h.error} for n, h in service.health.status.items()},
-            "decision_log": {"pending": service.decision_log.pending, "spilled_files": len(service.decision_log.spilled_files())},
-        }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, "redis": redis, "in_flight": in_flight.current, **detail}, status_code=200 if ready else 503)
+        return JSONResponse(
+            {
+                "ready": ready,
+                "checks": checks,
+                "database": {"reachable": service.decision_log.db_ok},
+                "redis": {"configured": service.state.configured, "reachable": service.state.redis_ok},
+                "decision_log": service.decision_log.status().as_dict(),
+                "in_flight": in_flight.current,
+                "experts": {n: {"healthy": h.healthy, "error": h.error} for n, h in service.health.status.items()},
+            },
+            status_code=200 if ready else 503,
+        )
 
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_body_schemas(original_openapi(), [ChatCompletionRequest])
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

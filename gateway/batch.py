@@ -30,17 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from experts.client import ExpertFailure
 from experts.health import HealthMonitor
 from gateway.app import StartupError, load_routers
+from gateway.bodies import BodyError, bad_request, parsed_body
 from gateway.config import GatewayConfig
 from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
-from gateway.errors import APIError, _validation_message
+from gateway.errors import APIError
 from gateway.keys import KeyGuard, KeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
@@ -90,10 +89,9 @@ def validate_body(body: dict[str, Any]) -> ChatCompletionRequest:
     """The body as the gateway would read it, or the 400 the gateway would answer."""
     try:
         # A batch answer is one body: a `stream` flag is ignored (and not recorded as a streamed request).
-        return ChatCompletionRequest.model_validate({**body, "stream": False, "stream_options": None})
-    except ValidationError as exc:
-        message, param = _validation_message(RequestValidationError(exc.errors()))
-        raise APIError(400, message, param=param, code="invalid_request") from None
+        return parsed_body({**body, "stream": False, "stream_options": None}, ChatCompletionRequest)
+    except BodyError as error:
+        raise bad_request(error) from None
 
 
 def answer_line(custom_id: str, request_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:

@@ -6,15 +6,23 @@ buffer's bound, the oldest records spill to JSON-lines files on disk, which are 
 deleted) once the database answers again. Inserts ignore rows already present, so a replay after a
 crash between write and delete duplicates nothing. Shutdown flushes; if the database is still down
 then, everything left spills.
+
+One record must never hold up the others. Strings are cut to their columns' lengths before they are
+written. A batch the database refuses while it still answers a ping was refused for its data: it is
+split in halves until the record at fault is alone, and that record goes to the dead-letter table
+with the error, while the rest are written. Spilled files replay the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -22,15 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, String, Table, create_engine, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.records import DecisionRow, ExpertCallRow
+from gateway.records import DeadLetterRow, DecisionRow, ExpertCallRow
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 MAX_BACKOFF_S = 5.0
+PING_INTERVAL_S = 2.0  # how often an idle log checks that the database still answers (for /readyz)
 
 
 @dataclass
@@ -102,6 +111,29 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 3})
 
 
+class DatabaseDown(Exception):
+    """The database does not answer: keep every record and retry later."""
+
+
+@dataclass(frozen=True)
+class LogStatus:
+    """What /readyz and /metrics say of the log: whether it drains, apart from whether the database answers."""
+
+    pending: int  # records in memory, not yet written
+    spilled_files: int
+    backlog_age_s: float  # age of the oldest record not yet written (memory or disk); 0 when none waits
+    dead_letters: int  # records this process set aside since it started
+    database_reachable: bool
+    writing: bool  # the writer task runs
+
+    @property
+    def draining(self) -> bool:
+        return self.writing and self.database_reachable
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "draining": self.draining}
+
+
 class DecisionLog:
     def __init__(
         self, engine: Engine, spill_dir: Path, *, max_buffer: int = 10_000, flush_interval_s: float = 0.25
@@ -114,8 +146,10 @@ class DecisionLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._last_contact = 0.0  # monotonic time the database last answered
         self.db_ok = True
         self.written = 0
+        self.dead_letters = 0
 
     # -- request side -----------------------------------------------------------------------
     def record(self, rec: DecisionRecord) -> None:
@@ -127,6 +161,20 @@ class DecisionLog:
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    def status(self) -> LogStatus:
+        spilled = self.spilled_files()
+        oldest = [self._buffer[0].created_at] if self._buffer else []
+        oldest += [when for path in spilled[:1] if (when := _written_at(path)) is not None]
+        age = (datetime.now(UTC) - min(oldest)).total_seconds() if oldest else 0.0
+        return LogStatus(
+            pending=len(self._buffer),
+            spilled_files=len(spilled),
+            backlog_age_s=round(max(0.0, age), 3),
+            dead_letters=self.dead_letters,
+            database_reachable=self.db_ok,
+            writing=self._task is not None and not self._task.done(),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,7 +203,7 @@ class DecisionLog:
             backoff = self.flush_interval_s if ok else min(MAX_BACKOFF_S, backoff * 2)
 
     async def _flush_once(self) -> bool:
-        """Write everything buffered and any spilled files; False when the database refused."""
+        """Write everything buffered and any spilled files; False when the database is down."""
         try:
             while self._buffer:
                 batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
@@ -164,10 +212,16 @@ class DecisionLog:
                     self._buffer.popleft()
                 self.written += len(batch)
             await asyncio.to_thread(self._replay_spilled)
-        except Exception as exc:  # noqa: BLE001 - any database failure means: keep, retry later
+            if time.monotonic() - self._last_contact > PING_INTERVAL_S and not await asyncio.to_thread(self.ping):
+                raise DatabaseDown  # idle, but /readyz should still learn that the database went away
+        except DatabaseDown as exc:
             if self.db_ok:
-                log.warning("decision log: database unavailable, buffering (%s)", type(exc).__name__)
+                log.warning("decision log: database unavailable, buffering (%s)", exc.__cause__ or "no answer")
             self.db_ok = False
+            self._spill_overflow()
+            return False
+        except Exception:  # a bug here must not end the writer: keep everything, say so, retry
+            log.exception("decision log: flush failed, will retry")
             self._spill_overflow()
             return False
         if not self.db_ok:
@@ -177,26 +231,62 @@ class DecisionLog:
 
     # -- database -----------------------------------------------------------------------------
     def _write(self, batch: list[DecisionRecord]) -> None:
+        """Write the batch, setting aside any record the database refuses for its data; DatabaseDown when it
+        does not answer (nothing is then set aside)."""
+        try:
+            self._insert(batch)
+        except Exception as exc:  # noqa: BLE001 - sorted below: the database down, or a record it refuses
+            if not self.ping():
+                raise DatabaseDown from exc
+            if len(batch) == 1:
+                self._set_aside(batch[0].id, batch[0].to_json(), exc)
+                return
+            half = len(batch) // 2
+            self._write(batch[:half])
+            self._write(batch[half:])
+        self._last_contact = time.monotonic()
+
+    def _insert(self, batch: list[DecisionRecord]) -> None:
         decisions = []
         calls = []
         for rec in batch:
             row = asdict(rec)
             for call in row.pop("calls"):
-                calls.append({**call, "decision_id": rec.id})
-            decisions.append(row)
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+                calls.append(_bounded(ExpertCallRow.__table__, {**call, "decision_id": rec.id}))
+            decisions.append(_bounded(DecisionRow.__table__, row))
         with self.engine.begin() as conn:
-            conn.execute(insert(DecisionRow).on_conflict_do_nothing(), decisions)
+            conn.execute(self._insert_ignoring(DecisionRow), decisions)
             if calls:
-                conn.execute(insert(ExpertCallRow).on_conflict_do_nothing(), calls)
+                conn.execute(self._insert_ignoring(ExpertCallRow), calls)
+
+    def _insert_ignoring(self, row: type[Any]) -> Any:
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        return insert(row).on_conflict_do_nothing()
+
+    def _set_aside(self, key: str, line: str, exc: Exception) -> None:
+        """One record the database refused, kept with the error in the dead-letter table."""
+        # The driver's message can quote the value at fault, a NUL included, which no text column holds.
+        error = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")[:4000]
+        row = {"id": key, "failed_at": datetime.now(UTC), "error": error, "record": line}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_ignoring(DeadLetterRow), [row])
+        except Exception as again:  # noqa: BLE001 - the database down now, or the dead-letter table missing
+            if not self.ping():
+                raise DatabaseDown from again
+            log.error("decision log: record %s refused and could not be set aside (%s): %s", key, again, line)
+        else:
+            log.error("decision log: record %s refused by the database, set aside: %s", key, error)
+        self.dead_letters += 1
 
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1 FROM decisions WHERE 1 = 0"))
-            return True
-        except Exception:  # noqa: BLE001 - readiness only reports
+        except Exception:  # noqa: BLE001 - a ping only reports
             return False
+        self._last_contact = time.monotonic()
+        return True
 
     # -- disk spill ---------------------------------------------------------------------------
     def _spill_overflow(self) -> None:
@@ -221,9 +311,42 @@ class DecisionLog:
 
     def _replay_spilled(self) -> None:
         for path in self.spilled_files():
-            records = [DecisionRecord.from_json(line) for line in path.read_text().splitlines() if line.strip()]
+            records = []
+            for line in path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    records.append(DecisionRecord.from_json(line))
+                except (ValueError, TypeError, KeyError) as exc:  # a line no record reads back from
+                    self._set_aside(hashlib.sha256(line.encode()).hexdigest(), line, exc)
             for start in range(0, len(records), BATCH):
                 self._write(records[start : start + BATCH])
             path.unlink()
             self.written += len(records)
             log.info("decision log: replayed %d spilled records from %s", len(records), path.name)
+
+
+def _bounded(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with each string cut to its column's length: an over-long value must not refuse the whole batch."""
+    for name, limit in _string_limits(table):
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            row[name] = value[:limit]
+    return row
+
+
+@functools.cache
+def _string_limits(table: Table) -> tuple[tuple[str, int], ...]:
+    return tuple(
+        (column.name, column.type.length)
+        for column in table.columns
+        if isinstance(column.type, String) and column.type.length is not None
+    )
+
+
+def _written_at(path: Path) -> datetime | None:
+    """When a spill file was written (its records are older); None when a replay just removed it."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except FileNotFoundError:
+        return None

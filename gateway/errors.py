@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,8 +54,13 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
     return JSONResponse(error_body(status, message, param=param, code=code), status_code=status)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0]
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """The first validation error as OpenAI words it: a sentence, and the field's dotted path as `param`.
+
+    A value of a union type (`stop`: a string or a list) fails once per member; the member whose type it had
+    tells why (a list too long), not the others (not a string): errors of the wrong type come last.
+    """
+    first = min(errors, key=lambda e: str(e.get("type", "")).endswith("_type"))
     # FastAPI prefixes the location with "body", and pydantic names validator functions inside unions
     # ("function-after[...]"); OpenAI names the field itself.
     loc = [str(p) for p in first.get("loc", ()) if p != "body" and "[" not in str(p)]
@@ -73,7 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc.errors())
         return error_response(400, message, param=param, code="invalid_request")
 
     @app.exception_handler(StarletteHTTPException)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.decision_log import DecisionRecord
+from gateway.decision_log import DecisionRecord, LogStatus
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25)
@@ -36,6 +36,16 @@ class GatewayMetrics:
                                  ("virtual_model", "router"), registry=self.registry)
         self.decision_log_pending = Gauge("llm_decision_log_pending", "Decision records not yet written",
                                           registry=self.registry)
+        self.decision_log_spilled = Gauge("llm_decision_log_spilled_files", "Files of records spilled to disk",
+                                          registry=self.registry)
+        self.decision_log_age = Gauge("llm_decision_log_backlog_age_seconds",
+                                      "Age of the oldest decision record not yet written (0: none waits)",
+                                      registry=self.registry)
+        self.decision_log_dead = Gauge("llm_decision_log_dead_letters",
+                                       "Records the database refused for their data, set aside since start",
+                                       registry=self.registry)
+        self.decision_log_db = Gauge("llm_decision_log_database_reachable", "1 when the decision log's database answers",
+                                     registry=self.registry)
         self.in_flight = Gauge("llm_requests_in_flight", "Chat requests being served", registry=self.registry)
         self.overload_rejections = Gauge("llm_requests_rejected_overload", "Requests refused with 429 since start",
                                          registry=self.registry)
@@ -67,3 +77,10 @@ class GatewayMetrics:
                 self.expert_errors.labels(call.expert, call.status).inc()
         if record.ranked and record.chosen_expert and record.ranked[0]["expert"] != record.chosen_expert:
             self.fallbacks.labels(vm, router).inc()
+
+    def observe_decision_log(self, status: LogStatus) -> None:
+        self.decision_log_pending.set(status.pending)
+        self.decision_log_spilled.set(status.spilled_files)
+        self.decision_log_age.set(status.backlog_age_s)
+        self.decision_log_dead.set(status.dead_letters)
+        self.decision_log_db.set(1 if status.database_reachable else 0)

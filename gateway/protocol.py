@@ -1,33 +1,40 @@
-"""The OpenAI chat-completions wire schema (the request side is validated; replies are shaped from upstream)."""
+"""The OpenAI chat-completions wire schema (the request side is validated; replies are shaped from upstream).
+
+Every list and string a client controls is bounded, so that no body within the size limit costs more
+than a few milliseconds to validate or can overflow a column of the decision log; numbers are strict
+(no `true` for 1) and finite. gateway/bodies.py bounds what no field does: nesting depth, the number of
+JSON values, and valid Unicode in every string.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_MESSAGES = 4096
+MAX_CONTENT_PARTS = 256  # per message
+MAX_TOOLS = 128  # OpenAI's own limits, from here down
+MAX_STOP = 4
+MAX_LOGIT_BIAS = 300
+MAX_NAME = 64  # a message's or a function's name
+MAX_ID = 256  # a tool call's id, `user`
+MAX_MODEL = 200  # as long as the decision log's column
 
-def _unicode(text: str) -> str:
-    # JSON may escape a lone surrogate ("\\ud800"): valid JSON, but no text a tokenizer or an expert can take.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the text is not valid Unicode (it holds a lone surrogate)") from None
-    return text
-
-
-# Message text: what routers read and experts answer.
-Text = Annotated[str, AfterValidator(_unicode)]
+# Finite by construction (bodies.py refuses NaN and infinities); ints are not booleans (strict models).
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+Name = Annotated[str, Field(max_length=MAX_NAME)]
 
 
 class _Wire(BaseModel):
-    # Unknown fields are tolerated (SDKs add new ones often) but never forwarded upstream.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are tolerated (SDKs add new ones often) but never forwarded upstream. Strict: `true` is no
+    # number and `1` no string (a JSON integer still counts as a float).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(_Wire):
     type: Literal["text"]
-    text: Text
+    text: str
 
 
 class ImageURL(_Wire):
@@ -51,37 +58,38 @@ class AudioPart(_Wire):
 
 
 ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
-Content = Text | list[ContentPart]
+Content = str | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]
+TextParts = Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)]
 
 
 class FunctionCall(_Wire):
-    name: str
+    name: Name
     arguments: str
 
 
 class ToolCall(_Wire):
-    id: str
+    id: str = Field(max_length=MAX_ID)
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
 class SystemMessage(_Wire):
     role: Literal["system", "developer"]
-    content: Text | list[TextPart]
-    name: str | None = None
+    content: str | TextParts
+    name: Name | None = None
 
 
 class UserMessage(_Wire):
     role: Literal["user"]
     content: Content
-    name: str | None = None
+    name: Name | None = None
 
 
 class AssistantMessage(_Wire):
     role: Literal["assistant"]
-    content: Text | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    content: str | TextParts | None = None
+    name: Name | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_TOOLS)
 
     @model_validator(mode="after")
     def _has_something(self) -> AssistantMessage:
@@ -92,15 +100,15 @@ class AssistantMessage(_Wire):
 
 class ToolMessage(_Wire):
     role: Literal["tool"]
-    content: Text | list[TextPart]
-    tool_call_id: str
+    content: str | TextParts
+    tool_call_id: str = Field(max_length=MAX_ID)
 
 
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class FunctionDefinition(_Wire):
-    name: str
+    name: Name
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
@@ -121,27 +129,29 @@ class ResponseFormat(_Wire):
 
 
 class ChatCompletionRequest(_Wire):
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1, lt=2**31)
+    max_completion_tokens: int | None = Field(None, ge=1, lt=2**31)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     n: int | None = Field(None, ge=1, le=16)
-    seed: int | None = None
+    seed: Int64 | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[Annotated[str, Field(max_length=20)], Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, max_length=MAX_LOGIT_BIAS
+    )
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=MAX_ID)
 
     # Sampling and tool fields forwarded to the expert as they came.
     FORWARDED: ClassVar[tuple[str, ...]] = (

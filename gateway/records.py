@@ -1,4 +1,6 @@
-"""The decision log's tables (one row per request, one per expert call) and the API keys. Alembic owns the schema."""
+"""The decision log's tables (one row per request, one per expert call, the records set aside) and the API keys.
+
+Alembic owns the schema."""
 
 from __future__ import annotations
 
@@ -64,6 +66,17 @@ class ExpertCallRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class DeadLetterRow(Base):
+    """A decision record the database refused for its data (not for being down), set aside so the rest drain."""
+
+    __tablename__ = "decision_dead_letters"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the record's id, else a hash of its line
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    error: Mapped[str] = mapped_column(Text)
+    record: Mapped[str] = mapped_column(Text)  # the record as JSON text
 
 
 class ApiKeyRow(Base):

@@ -34,6 +34,9 @@ GRID_SAMPLE_ROWS = 20_000  # queries whose choice crossings place the lam grid
 ASSUMED_TOKENS_PER_QUERY = 1000
 DEFAULT_TARGETS: dict[str, float] = {"q90": 0.90, "q95": 0.95, "q100": 1.00}
 _TARGET_KNOB = re.compile(r"q\d+(\.\d+)?")
+# A lambda or a margin: a plain non-negative decimal (float() would also take "nan", "inf", "1_0" and spaces).
+_NUMBER_KNOB = re.compile(r"(m?)(\d+(\.\d+)?|\.\d+)")
+MAX_KNOB = 50  # as long as the decision log's column
 
 
 @dataclass(frozen=True)
@@ -92,20 +95,18 @@ def expected_cost(experts: Sequence[ExpertProfile], manifest: Manifest | None) -
 
 def parse_knob(text: str, calibration: Mapping[str, float] | None = None) -> CostPolicy:
     """`"0.3"` -> lam 0.3; `"m0.05"` -> margin 0.05; `"q95"` -> the calibrated lam for that target."""
-    knob = text.strip().lower()
+    knob = text.lower()
+    if len(knob) > MAX_KNOB:
+        raise ValueError(f"bad cost knob {text[:MAX_KNOB]!r}...: a knob has at most {MAX_KNOB} characters")
     if _TARGET_KNOB.fullmatch(knob):
         if not calibration or knob not in calibration:
             known = ", ".join(sorted(calibration or {})) or "none: the router was not calibrated"
             raise ValueError(f"no calibrated cost knob {knob!r} for this router (known: {known})")
         return CostPolicy(lam=float(calibration[knob]))
-    try:
-        if knob.startswith("m"):
-            return CostPolicy(margin=float(knob[1:]))
-        return CostPolicy(lam=float(knob))
-    except ValueError as error:
-        raise ValueError(
-            f"bad cost knob {text!r}: use a lambda (0.3), a margin (m0.05) or a calibrated target (q95): {error}"
-        ) from None
+    if not (number := _NUMBER_KNOB.fullmatch(knob)):
+        raise ValueError(f"bad cost knob {text!r}: use a lambda (0.3), a margin (m0.05) or a calibrated target (q95)")
+    value = float(number.group(2))
+    return CostPolicy(margin=value) if number.group(1) else CostPolicy(lam=value)
 
 
 def lambda_grid(quality: np.ndarray, expected_cost: np.ndarray, points: int = 200) -> np.ndarray:

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 from alembic import command
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
+from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
 from gateway.migrate import alembic_config, downgrade, upgrade
-from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, routed_config, running_gateway, wait_for
+from gateway.records import DeadLetterRow
+from tests.conftest import (
+    HISTORY_QUESTION,
+    MATH_QUESTION,
+    Gateway,
+    decisions,
+    routed_config,
+    running_gateway,
+    wait_for,
+)
 from tests.tcp_proxy import tcp_proxy
 
 
@@ -20,6 +34,10 @@ def chat(v1: str, question: str, stream: bool = False) -> httpx.Response:
     response = httpx.post(f"{v1}/chat/completions", json=body, timeout=10)
     assert response.status_code == 200, response.text
     return response
+
+
+def _readyz(gw: Gateway) -> dict[str, Any]:
+    return httpx.get(f"{gw.base_url}/readyz", timeout=10).json()
 
 
 def columns(url: str, table: str) -> list[dict[str, Any]]:
@@ -91,13 +109,14 @@ def test_postgres_outage_loses_nothing(postgres_url: str, healthy_experts: list[
 
             proxy.down()
             during = [chat(gw.v1, HISTORY_QUESTION, stream=i % 2 == 0).headers["x-moe-decision-id"] for i in range(12)]
+            # Reported, not required: the replica still serves, and says its log is waiting for the database.
+            wait_for(lambda: _readyz(gw)["database"] == {"reachable": False}, what="/readyz to see the database down")
             ready = httpx.get(f"{gw.base_url}/readyz", timeout=10)
-            assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
-            assert ready.json()["decision_log"]["pending"] == 12
+            assert ready.status_code == 200 and ready.json()["decision_log"]["pending"] == 12
 
             proxy.up()
             wait_for(lambda: len(decisions(postgres_url)) == 15, timeout_s=30, what="records after the outage")
-            assert httpx.get(f"{gw.base_url}/readyz", timeout=10).json()["checks"]["database"] is True
+            wait_for(lambda: _readyz(gw)["database"] == {"reachable": True}, what="/readyz to see the database back")
     assert sorted(r.id for r in decisions(postgres_url)) == sorted(before + during)
 
 
@@ -141,3 +160,93 @@ def test_replaying_a_file_twice_duplicates_nothing(sqlite_url: str, healthy_expe
     with running_gateway(config, sqlite_url, tmp_path):
         wait_for(lambda: not (spill / "leftover.jsonl").exists(), what="the replay")
     assert [r.id for r in decisions(sqlite_url)] == [row.id]
+
+
+# -- records the database refuses ------------------------------------------------------------------
+
+def _record(**fields: Any) -> DecisionRecord:
+    return DecisionRecord(requested_model="moe-auto", request_hash="0" * 64, stream=False, status="ok", **fields)
+
+
+def _dead_letters(url: str) -> list[DeadLetterRow]:
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            return list(session.scalars(select(DeadLetterRow).order_by(DeadLetterRow.failed_at)))
+    finally:
+        engine.dispose()
+
+
+# What PostgreSQL refuses that SQLite takes: a NUL in text, NaN in JSONB. Every string longer than its column
+# would be refused too, but is cut to fit first.
+POISON = {
+    "nul": {"error": "upstream said \x00 and stopped"},
+    "nan": {"ranked": [{"expert": "general", "score": float("nan")}]},
+}
+
+
+async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_drain(postgres_url: str, tmp_path: Path) -> None:
+    upgrade(postgres_url)
+    log = DecisionLog(make_engine(postgres_url), tmp_path / "spill", flush_interval_s=0.05)
+    good = [_record() for _ in range(40)]
+    long = _record(policy="0" * 51, virtual_model="v" * 300, router_version="r" * 101)
+    poison = {name: _record(**fields) for name, fields in POISON.items()}
+    await log.start()
+    for rec in [*good[:20], poison["nul"], long, *good[20:30], poison["nan"], *good[30:]]:
+        log.record(rec)
+    for _ in range(100):
+        if not log.pending:
+            break
+        await asyncio.sleep(0.05)
+    status = log.status()
+    await log.stop()
+    assert status.pending == 0 and status.dead_letters == 2 and status.draining
+    written = {r.id: r for r in decisions(postgres_url)}
+    assert set(written) == {r.id for r in [*good, long]}
+    # Cut to its columns: recorded, not refused.
+    assert (written[long.id].policy, written[long.id].virtual_model) == ("0" * 50, "v" * 200)
+    assert written[long.id].router_version == "r" * 100
+    letters = {letter.id: letter for letter in _dead_letters(postgres_url)}
+    assert set(letters) == {poison["nul"].id, poison["nan"].id}
+    assert "DataError" in letters[poison["nul"].id].error or "NUL" in letters[poison["nul"].id].error
+    assert "\x00" not in letters[poison["nul"].id].error
+    assert json.loads(letters[poison["nan"].id].record)["id"] == poison["nan"].id
+
+
+async def test_a_spilled_file_holding_a_poison_record_replays_its_good_records(postgres_url: str, tmp_path: Path) -> None:
+    upgrade(postgres_url)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    good = [_record() for _ in range(93)]
+    poison = _record(**POISON["nul"])
+    lines = [r.to_json() for r in good[:50]] + [poison.to_json(), '{"cut short by a crash'] + [r.to_json() for r in good[50:]]
+    (spill / "20260101T000000000000-1-deadbeef.jsonl").write_text("\n".join(lines) + "\n")
+    log = DecisionLog(make_engine(postgres_url), spill, flush_interval_s=0.05)
+    await log.start()
+    for _ in range(100):
+        if not log.spilled_files():
+            break
+        await asyncio.sleep(0.05)
+    await log.stop()
+    assert log.spilled_files() == []
+    assert {r.id for r in decisions(postgres_url)} == {r.id for r in good}
+    letters = _dead_letters(postgres_url)
+    assert {letter.record for letter in letters} == {poison.to_json(), '{"cut short by a crash'}
+
+
+def test_poison_requests_are_refused_and_the_log_keeps_draining(
+    postgres_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path
+) -> None:
+    """Once answered 200, these overflowed decisions.policy and decisions.requested_model, and PostgreSQL refused
+    every batch after them, for good."""
+    config = routed_config(healthy_experts, router_artifact)
+    with running_gateway(config, postgres_url, tmp_path) as gw:
+        for model in ("moe-auto:" + "0" * 51, "moe-auto:0.3" + " " * 300):
+            body = {"model": model, "messages": [{"role": "user", "content": MATH_QUESTION}]}
+            refused = httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=10)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "model", refused.text
+        with ThreadPoolExecutor(8) as pool:
+            sent = list(pool.map(lambda i: chat(gw.v1, f"{MATH_QUESTION} ({i})").headers["x-moe-decision-id"],
+                                 range(100)))
+        wait_for(lambda: {r.id for r in decisions(postgres_url)} == set(sent), timeout_s=5,
+                 what="the 100 records in PostgreSQL")

@@ -1,7 +1,7 @@
 """Outages of real servers while a running gateway is under load from several openai-SDK clients.
 
-The PostgreSQL and Redis tests stop the machine's shared servers for a few seconds (other test runs
-on the machine notice) and always start them again, waiting until they answer, before they end.
+The PostgreSQL and Redis tests stop and restart throwaway servers of their own (tests/servers.py), never
+the machine's.
 Covered elsewhere, with the scripted upstream: a slow expert's per-expert timeout and fallback
 (test_failures.py::test_falls_back_to_next_ranked[slow-...], ...every_expert_failing...[slow-...]),
 clients hanging up mid-stream (test_failures.py::test_client_disconnect_mid_stream) and non-UTF-8
@@ -10,7 +10,6 @@ bodies (test_bad_requests.py).
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,31 +23,23 @@ from typing import Any
 
 import httpx
 import openai
-import psycopg
-import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.engine import make_url
 
 from tests.conftest import (
     MATH_QUESTION,
-    POSTGRES_ADMIN_URL,
-    REDIS_HOST,
-    REDIS_PORT,
     Gateway,
     decisions,
     expert,
-    fresh_redis_db,
     routed_config,
     running_gateway,
     wait_for,
 )
+from tests.servers import throwaway_postgres, throwaway_redis
 from tests.test_failures import REST, STEM
 from tests.test_shutdown import ROOT
 from tests.upstream import free_port
 
 CLIENTS = 4
-REDIS_DB = 12  # a database no other test uses
 
 
 # -- load ---------------------------------------------------------------------------------------
@@ -130,75 +121,34 @@ def readyz(gw: Gateway) -> dict[str, Any]:
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
-def _postgres_cluster() -> tuple[str, str]:
-    """The Debian cluster (version, name) behind MOE_TEST_POSTGRES_URL, which this test stops and starts."""
-    url = make_url(POSTGRES_ADMIN_URL)
-    if shutil.which("pg_lsclusters") is None or url.host not in ("127.0.0.1", "localhost"):
-        pytest.skip("needs the local PostgreSQL cluster's pg_ctlcluster")
-    listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True).stdout
-    for line in listing.splitlines():
-        version, name, port, *_ = line.split()
-        if int(port) == (url.port or 5432):
-            return version, name
-    pytest.skip(f"no local cluster on port {url.port or 5432}")
-
-
-def _pg_ctl(cluster: tuple[str, str], *action: str) -> None:
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, *action], check=False, timeout=60,
-                   capture_output=True)
-
-
-def _postgres_accepts() -> bool:
-    conninfo = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(conninfo, connect_timeout=1) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.OperationalError:
-        return False
-
-
 def test_postgres_restart_mid_run_answers_everything_and_loses_no_record(
-    healthy_experts: list[dict[str, Any]], router_artifact: Path, postgres_url: str, tmp_path: Path
+    healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path
 ) -> None:
-    cluster = _postgres_cluster()
-    with running_gateway(routed_config(healthy_experts, router_artifact), postgres_url, tmp_path) as gw:
+    with throwaway_postgres() as postgres, \
+            running_gateway(routed_config(healthy_experts, router_artifact), postgres.url, tmp_path) as gw:
         with under_load(gw.v1) as load:
             load.wait_for_answers(8, what="answers before the outage")
-            try:
-                _pg_ctl(cluster, "stop", "-m", "fast")
-                assert not _postgres_accepts()
-                # More than were in flight when it stopped: some requests were sent and served while it was down.
-                load.wait_for_answers(CLIENTS + 1, timeout_s=5, what="answers while PostgreSQL is down")
-                assert readyz(gw)["checks"]["database"] is False
-            finally:
-                _pg_ctl(cluster, "start")
-                wait_for(_postgres_accepts, timeout_s=60, what="PostgreSQL to accept connections again")
+            postgres.stop()
+            # More than were in flight when it stopped: some requests were sent and served while it was down.
+            load.wait_for_answers(CLIENTS + 1, timeout_s=5, what="answers while PostgreSQL is down")
+            # Still ready, and still alive: the log buffers, so taking the replica out would only make it an outage.
+            wait_for(lambda: readyz(gw)["database"] == {"reachable": False}, timeout_s=10,
+                     what="/readyz to report the database down")
+            ready = httpx.get(f"{gw.base_url}/readyz", timeout=10)
+            assert ready.status_code == 200 and ready.json()["ready"] is True
+            assert ready.json()["decision_log"]["draining"] is False
+            assert httpx.get(f"{gw.base_url}/healthz", timeout=10).status_code == 200
+            assert metric(gw, "llm_decision_log_database_reachable") == 0
+            assert metric(gw, "llm_decision_log_backlog_age_seconds") > 0
+            postgres.start()
             load.wait_for_answers(8, what="answers after the outage")
-        assert_every_request_recorded(load, postgres_url)
-        assert readyz(gw)["checks"]["database"] is True
+        assert_every_request_recorded(load, postgres.url)
+        wait_for(lambda: readyz(gw)["database"] == {"reachable": True}, what="/readyz to report the database back")
         assert metric(gw, "llm_decision_log_pending") == 0
+        assert metric(gw, "llm_decision_log_backlog_age_seconds") == 0
 
 
 # -- Redis ----------------------------------------------------------------------------------------
-
-def _redis_answers() -> bool:
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    if shutil.which("redis-server") is None or not _redis_answers():
-        pytest.skip("needs the local Redis server")
-    with fresh_redis_db(REDIS_DB) as url:
-        yield url
-
 
 def _redis_seen(gw: Gateway) -> tuple[bool, float]:
     """Redis as the gateway reports it: /readyz's `reachable`, and the llm_redis_reachable gauge."""
@@ -208,25 +158,18 @@ def _redis_seen(gw: Gateway) -> tuple[bool, float]:
 
 
 def test_redis_restart_mid_run_keeps_serving_and_is_reported(
-    healthy_experts: list[dict[str, Any]], router_artifact: Path, sqlite_url: str, tmp_path: Path, redis_url: str
+    healthy_experts: list[dict[str, Any]], router_artifact: Path, sqlite_url: str, tmp_path: Path
 ) -> None:
     config = routed_config(healthy_experts, router_artifact)
-    with running_gateway(config, sqlite_url, tmp_path, redis_url=redis_url) as gw, under_load(gw.v1) as load:
+    with throwaway_redis() as server, running_gateway(config, sqlite_url, tmp_path, redis_url=server.url) as gw, \
+            under_load(gw.v1) as load:
         load.wait_for_answers(8, what="answers before the outage")
         assert _redis_seen(gw) == (True, 1.0)
-        try:
-            subprocess.run(["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "shutdown", "nosave"],
-                           check=False, timeout=10, capture_output=True)
-            assert not _redis_answers()
-            stopped_at = len(load.answered)
-            wait_for(lambda: _redis_seen(gw) == (False, 0.0), timeout_s=5, what="the gateway to see Redis down")
-            load.wait_for_answers(CLIENTS + 1, since=stopped_at, timeout_s=5, what="answers while Redis is down")
-        finally:
-            if not _redis_answers():
-                subprocess.run(["redis-server", "--daemonize", "yes", "--bind", REDIS_HOST, "--port",
-                                str(REDIS_PORT), "--save", "", "--appendonly", "no"], check=True, timeout=10,
-                               capture_output=True)
-            wait_for(_redis_answers, timeout_s=30, what="Redis to answer again")
+        server.stop()
+        stopped_at = len(load.answered)
+        wait_for(lambda: _redis_seen(gw) == (False, 0.0), timeout_s=5, what="the gateway to see Redis down")
+        load.wait_for_answers(CLIENTS + 1, since=stopped_at, timeout_s=5, what="answers while Redis is down")
+        server.start()
         wait_for(lambda: _redis_seen(gw) == (True, 1.0), timeout_s=10, what="the gateway to see Redis back")
         load.wait_for_answers(8, what="answers after the outage")
     assert_every_request_recorded(load, sqlite_url)

@@ -46,13 +46,14 @@ def test_policy_rejects_negative_or_non_finite_knobs() -> None:
 def test_parse_knob() -> None:
     calibration = {"q90": 0.7, "q95": 0.4}
     assert parse_knob("0.3") == CostPolicy(lam=0.3)
-    assert parse_knob(" Q95 ", calibration) == CostPolicy(lam=0.4)
+    assert parse_knob("Q95", calibration) == CostPolicy(lam=0.4)
     assert parse_knob("m0.05") == CostPolicy(margin=0.05)
     with pytest.raises(ValueError, match="no calibrated cost knob 'q99'"):
         parse_knob("q99", calibration)
     with pytest.raises(ValueError, match="not calibrated"):
         parse_knob("q95", None)
-    for bad in ("cheap", "", "-1", "inf", "m"):
+    # float() takes most of these; a knob is recorded as sent, so it is a plain number, a margin or a target.
+    for bad in ("cheap", "", "-1", "m", "0" * 51, "inf", "nan", "1_0", " 0.3", "0.3 ", "1e3", "q" + "9" * 60):
         with pytest.raises(ValueError):
             parse_knob(bad, calibration)
 
