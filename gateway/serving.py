@@ -151,7 +151,7 @@ class ChatService:
         """What the request asks for: its model resolved, and whether the response cache may answer it."""
         # Cache-Control: no-cache / no-store opts one request out of the cache, both ways.
         opted_out = any(d in request.headers.get("cache-control", "") for d in ("no-cache", "no-store"))
-        return replace(self.resolve(body.model), use_cache=self.state.configured and not opted_out)
+        return replace(self.resolve(body.model), use_cache=self.state.redis_ok and not opted_out)
 
     def resolve(self, model: str) -> Target:
         """`moe-auto`, `moe-auto:<cost knob>` (e.g. `:0.3`, `:q95`), a cascade's `<name>:<agree>` (e.g. `:3`), or an
@@ -461,14 +461,7 @@ class ChatService:
             return JSONResponse({}, status_code=499)
         except asyncio.CancelledError:  # not the client (that is ClientGone): uvicorn cancelled it, the drain ran out
             record.status, record.http_status = "shutdown", 503
-            # The cancel is the drain's deadline, not a reason to leave the client a bare 500: it gets a 503 it
-            # can retry elsewhere, sent while the server finishes shutting down.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            response = error_response(503, "The gateway is shutting down; retry the request.", code="shutting_down")
-            response.headers["retry-after"] = "1"
-            return response
+            return _shutting_down()
         finally:
             self._record(record)
 
@@ -546,10 +539,10 @@ class ChatService:
             record.status, record.http_status = "client_disconnected", 499
             self._record(record)
             return JSONResponse({}, status_code=499)
-        except asyncio.CancelledError:  # as in complete(): the drain ran out
+        except asyncio.CancelledError:  # as in complete(): the drain ran out before the first byte
             record.status, record.http_status = "shutdown", 503
             self._record(record)
-            raise
+            return _shutting_down()
         except BaseException:
             self._record(record)
             raise
@@ -631,8 +624,16 @@ class ChatService:
             record.status, record.http_status, record.error = "stream_error", 502, str(failure)
             yield _sse(error_body(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
             yield _sse("[DONE]")
-        except (asyncio.CancelledError, GeneratorExit):  # cut short: cancelled while it waited, or closed at a yield
-            # Unless the client was seen leaving, uvicorn cancelled the request: the shutdown drain ran out.
+        except asyncio.CancelledError:  # cancelled while it waited for the expert
+            if record.status != "client_disconnected" or opened.client_gone:
+                raise
+            # Not the client leaving: uvicorn cancelled the request, the shutdown drain ran out. The client is
+            # still there, so the stream ends as any broken stream does, with an error event it can act on.
+            record.status, record.http_status = "shutdown", 503
+            _uncancel()
+            yield _sse(error_body(503, "The gateway is shutting down; retry the request.", code="shutting_down"))
+            yield _sse("[DONE]")
+        except GeneratorExit:  # closed at a yield: the response is gone, nothing more can be sent
             if record.status == "client_disconnected" and not opened.client_gone:
                 record.status, record.http_status = "shutdown", 503
             raise
@@ -650,7 +651,8 @@ class ChatService:
     # -- response cache -----------------------------------------------------------------------
     async def _cache_lookup(self, record: DecisionRecord) -> dict[str, Any] | None:
         cached = await self.state.cache_get(_cache_key(record))
-        record.cache_hit = cached is not None
+        # A lookup Redis failed to answer is no miss: the cache was off for this request (no header, no count).
+        record.cache_hit = cached is not None if self.state.redis_ok else None
         if cached is not None:
             record.chosen_expert = cached.get("model")
             record.status, record.http_status = "ok", 200
@@ -716,9 +718,25 @@ def _capped(body: ChatCompletionRequest, combine: VoteConfig | CascadeConfig) ->
     return params
 
 
+def _shutting_down() -> JSONResponse:
+    """The answer to a request the shutdown drain cut before its first byte, instead of uvicorn's bare 500: a 503
+    the client can retry elsewhere, sent while the server finishes shutting down (the cancel is the drain's
+    deadline, so it is taken back to let the answer out)."""
+    _uncancel()
+    response = error_response(503, "The gateway is shutting down; retry the request.", code="shutting_down")
+    response.headers["retry-after"] = "1"
+    return response
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 def _agreement(knob: str) -> int:
-    """A cascade's per-request knob: how many called experts must name one choice, a whole number >= 1."""
-    if not (knob.isascii() and knob.isdigit()) or int(knob) < 1:
+    """A cascade's per-request knob: how many called experts must name one choice, a whole number 1-99."""
+    if not (knob.isascii() and knob.isdigit()) or not 1 <= len(knob) <= 2 or int(knob) < 1:
         raise APIError(
             400, f"bad cascade knob {knob!r}: the number of experts that must agree (e.g. `:2`)",
             param="model", code="invalid_cascade_knob",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -81,7 +83,12 @@ class SharedState:
     async def start(self) -> None:
         if self.url is None:
             return
-        self._client = aioredis.from_url(self.url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        # One retry on a fresh connection: after Redis restarts, each pooled connection fails once ("closed by
+        # server"), which must not read as Redis being down. A Redis really down refuses the retry too.
+        self._client = aioredis.from_url(
+            self.url, socket_timeout=0.25, socket_connect_timeout=0.25,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
+        )
         await self._ping()
         self._task = asyncio.create_task(self._watch(), name="redis-watch")
 

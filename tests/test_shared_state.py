@@ -11,6 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import shared_state
+from gateway.shared_state import SharedState
 from tests.conftest import (
     MATH_QUESTION,
     REDIS_HOST,
@@ -22,6 +24,7 @@ from tests.conftest import (
     running_gateway,
     wait_for,
 )
+from tests.servers import throwaway_redis
 from tests.tcp_proxy import tcp_proxy
 from tests.test_failures import REST, STEM
 
@@ -122,6 +125,27 @@ def test_redis_outage_keeps_serving(healthy_experts: list[dict[str, Any]], route
             proxy.up()
             wait_for(lambda: httpx.get(f"{gw.base_url}/readyz").json()["redis"]["reachable"], what="redis back")
             after = chat(gw.v1)[0]
-    assert all(r.status_code == 200 and r.headers["x-moe-cache"] == "miss" for r in during)
+    assert all(r.status_code == 200 and "x-moe-cache" not in r.headers for r in during)  # the cache was off
     assert after.headers["x-moe-cache"] == "hit"  # the entry stored before the outage is still there
     assert len(decisions(sqlite_url)) == 7
+
+
+async def test_a_redis_restart_is_not_read_as_redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart, each pooled connection fails once ("closed by server"): a fresh one must be tried before
+    Redis is called unreachable (which turned the cache off and read 0 in llm_redis_reachable until the next ping)."""
+    monkeypatch.setattr(shared_state, "PING_INTERVAL_S", 3600.0)  # only the commands below can change the verdict
+    with throwaway_redis() as server:
+        state = SharedState(server.url)
+        await state.start()
+        try:
+            await state.cache_put("k", {"answer": 1})
+            assert state.redis_ok and await state.cache_get("k") == {"answer": 1}
+            server.stop()
+            server.start()  # empty again: it keeps nothing on disk
+            assert await state.cache_get("k") is None
+            assert state.redis_ok
+            server.stop()
+            assert await state.cache_get("k") is None
+            assert not state.redis_ok  # really down is still seen at once
+        finally:
+            await state.stop()

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import openai
-import pytest
 import yaml
 
 from gateway.migrate import upgrade
@@ -136,38 +135,43 @@ def test_drain_is_bounded_and_what_it_cuts_is_recorded_as_shutdown(
     drain_s = 1.0
     # `slow` declares no domain, so nothing is routed to it; it is asked by name, answering after SLOW_S.
     experts = [*drip_experts(upstream), expert("slow", "slow-general", f"{upstream}/v1")]
+    slow = {"model": "slow", "messages": [{"role": "user", "content": MATH_QUESTION}]}
     with moe_serve(experts, router_artifact, tmp_path, postgres_url,
-                   MOE_DRAIN_S=str(drain_s), MOE_LOG_FLUSH_S="600") as gw, ThreadPoolExecutor(1) as pool:
-        plain = pool.submit(httpx.post, f"{gw.v1}/chat/completions", timeout=30,
-                            json={"model": "slow", "messages": [{"role": "user", "content": MATH_QUESTION}]})
-        client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
-        with client.chat.completions.with_streaming_response.create(
-            model="moe-auto", messages=[{"role": "user", "content": question}], stream=True
-        ) as response:
+                   MOE_DRAIN_S=str(drain_s), MOE_LOG_FLUSH_S="600") as gw, ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(httpx.post, f"{gw.v1}/chat/completions", json=slow, timeout=30)
+        streamed_slow = pool.submit(httpx.post, f"{gw.v1}/chat/completions", json={**slow, "stream": True}, timeout=30)
+        body = {"model": "moe-auto", "stream": True, "messages": [{"role": "user", "content": question}]}
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", json=body, timeout=30) as response:
             decision_id = response.headers["x-moe-decision-id"]
-            chunks = iter(response.parse())
-            received = [next(chunks).choices[0].delta.content or ""]
-            wait_for(lambda: "llm_requests_in_flight 2.0" in httpx.get(f"{gw.base_url}/metrics").text,
-                     what="the plain request to be in flight too")
+            lines = response.iter_lines()
+            events = [next(line for line in lines if line.startswith("data: "))]
+            wait_for(lambda: "llm_requests_in_flight 3.0" in httpx.get(f"{gw.base_url}/metrics").text,
+                     what="the two requests to `slow` to be in flight too")
             signalled = time.monotonic()
             gw.process.send_signal(signal.SIGTERM)
-            with pytest.raises((httpx.HTTPError, openai.APIError)):  # the connection drops mid-body
-                for chunk in chunks:
-                    received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+            events += [line for line in lines if line.startswith("data: ")]
         assert gw.process.wait(timeout=30) == -signal.SIGTERM
         exited_s = time.monotonic() - signalled
     assert exited_s < drain_s + 10  # not the ~12 s the stream wanted
-    # The plain request had no byte yet: it gets a 503 to retry elsewhere, in OpenAI's shape, not a bare 500.
-    cut_off = plain.result()
-    assert cut_off.status_code == 503 and cut_off.headers["retry-after"] == "1"
-    assert cut_off.json()["error"]["code"] == "shutting_down"
-    assert len("".join(received).split()) < len(question.split())
+    # The requests to `slow` had no byte yet: each gets a 503 to retry elsewhere, in OpenAI's shape, not a bare 500.
+    for cut_off in (plain.result(), streamed_slow.result()):
+        assert cut_off.status_code == 503 and cut_off.headers["retry-after"] == "1", cut_off.text
+        assert cut_off.json()["error"]["code"] == "shutting_down"
+    # The routed stream was cut mid-answer: it ends as a broken stream does, with an error event, then [DONE].
+    *answer, error, done = events
+    assert json.loads(error.removeprefix("data: "))["error"]["code"] == "shutting_down"
+    assert done == "data: [DONE]"
+    words = "".join(json.loads(e.removeprefix("data: "))["choices"][0]["delta"].get("content") or "" for e in answer)
+    assert 0 < len(words.split()) < len(question.split())
     # Written by the shutdown flush after the drain cancelled them: the gateway's doing, not the client's (499).
-    streamed, cut = sorted(decisions(postgres_url), key=lambda r: r.id != decision_id)
-    assert (streamed.id, streamed.status, streamed.http_status) == (decision_id, "shutdown", 503)
+    records = {r.id: r for r in decisions(postgres_url)}
+    streamed = records.pop(decision_id)
+    assert (streamed.status, streamed.http_status) == ("shutdown", 503)
     assert [(c.expert, c.status) for c in streamed.calls] == [("stem", "cancelled")]
-    assert (cut.requested_model, cut.stream, cut.status, cut.http_status) == ("slow", False, "shutdown", 503)
-    assert [(c.expert, c.status) for c in cut.calls] == [("slow", "cancelled")]
+    cut = sorted(records.values(), key=lambda r: r.stream)
+    assert [(r.requested_model, r.stream, r.status, r.http_status) for r in cut] == [
+        ("slow", False, "shutdown", 503), ("slow", True, "shutdown", 503)]
+    assert all([(c.expert, c.status) for c in r.calls] == [("slow", "cancelled")] for r in cut)
 
 
 def test_serve_with_two_workers(upstream: str, router_artifact: Path, postgres_url: str, tmp_path: Path) -> None:
