@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from gateway.cli import app as cli
 from gateway.decision_log import make_engine
-from gateway.keys import CreatedKey, KeyStore, NewKey, hash_key
+from gateway.keys import SHOWN_CHARS, CreatedKey, KeyStore, NewKey, hash_key
 from gateway.migrate import alembic_config, downgrade, upgrade
 from gateway.records import ApiKeyRow
 from tests.conftest import (
@@ -164,6 +164,17 @@ def test_chat_needs_a_live_key(keyed: Gateway, postgres_url: str) -> None:
     wait_for(lambda: len(decisions(postgres_url)) == 1, what="the decision record")
     [record] = decisions(postgres_url)
     assert (record.id, record.api_key_id, record.tenant) == (answered.headers["x-moe-decision-id"], key.id, "acme")
+
+
+def test_a_key_sharing_a_real_keys_visible_prefix_is_refused(keyed: Gateway, postgres_url: str) -> None:
+    """Listings and logs show a key's first characters: knowing them must not be enough to get in."""
+    key = issue_key(postgres_url).key
+    assert ask(sdk(keyed, key)).http_response.status_code == 200
+    shown = key[:SHOWN_CHARS]
+    for forged in (shown + "x" * (len(key) - len(shown)), shown, key[:-1] + ("A" if key[-1] != "A" else "B")):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            ask(sdk(keyed, forged))
+        assert refused.value.code == "invalid_api_key"
 
 
 def test_admin_endpoints_need_an_admin_key(keyed: Gateway, postgres_url: str) -> None:

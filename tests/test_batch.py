@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typer.testing import CliRunner
 
 from gateway.batch import Journal, answer_line, journal_path
 from gateway.cli import app as cli
+from gateway.decision_log import DecisionRecord, ExpertCall
 from gateway.migrate import upgrade
 from routers.base import Router
 from tests import upstream
@@ -342,6 +344,35 @@ def test_a_torn_last_journal_line_is_dropped_and_its_request_sent(batch_env: dic
     results = read_jsonl(out)
     assert results[0]["response"]["body"] == {"model": "alpha", "answered": "earlier"}
     assert [r["response"]["status_code"] for r in results] == [200, 200, 200]
+
+
+def test_a_rerun_records_the_decisions_a_killed_run_journaled_but_never_wrote(
+    batch_env: dict[str, str], postgres_url: str, tmp_path: Path
+) -> None:
+    """A run killed after journaling an answer but before its decision log flushed: the record lives only in
+    the journal, and the rerun writes it (the SIGKILL test's flush interval writes them before the kill)."""
+    with recording_upstream() as (recorder, v1):
+        config = write_config(tmp_path / "config.yaml", [expert("alpha", "echo-alpha", v1)])
+        source = write_lines(tmp_path / "in.jsonl", [envelope(f"r{i}", "alpha", f"prompt {i}") for i in range(3)])
+        out = tmp_path / "out.jsonl"
+        started = datetime.now(UTC)
+        killed = DecisionRecord(requested_model="alpha", request_hash="0" * 64, stream=False, chosen_expert="alpha",
+                                status="ok", prompt_tokens=3, completion_tokens=4,
+                                calls=[ExpertCall(1, "alpha", started, "ok", 12.5, None, None, 3, 4)])
+        journal = Journal(journal_path(out), hashlib.sha256(source.read_bytes()).hexdigest())
+        journal.append(1, answer_line("r0", killed.id, 200, {"model": "alpha", "answered": "before the kill"}), killed)
+        journal.close()
+        run_cli(source, out, "--config", config)
+    assert sorted(prompt for _, prompt in recorder.arrivals) == ["prompt 1", "prompt 2"]
+    results = read_jsonl(out)
+    assert results[0]["response"]["request_id"] == killed.id
+    wait_for(lambda: len(decisions(postgres_url)) == 3, what="3 decision records")
+    by_id = {r.id: r for r in decisions(postgres_url)}
+    assert set(by_id) == {r["response"]["request_id"] for r in results}
+    restored = by_id[killed.id]
+    assert (restored.chosen_expert, restored.status, restored.prompt_tokens, restored.completion_tokens) == (
+        "alpha", "ok", 3, 4)
+    assert [(c.attempt, c.expert, c.status, c.latency_ms) for c in restored.calls] == [(1, "alpha", "ok", 12.5)]
 
 
 def test_refuses_a_journal_of_another_input_and_an_existing_output(batch_env: dict[str, str], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from training.baselines import build_baselines
 from training.dataset import RoutingDataset
-from training.evaluate import Setting, accuracy_at, area_under, cost_at, envelope, evaluate, frontier
+from training.evaluate import Setting, accuracy_at, area_under, cost_at, curve_metrics, envelope, evaluate, frontier
 
 
 def test_frontier_envelope_and_interpolation() -> None:
@@ -165,3 +165,16 @@ def test_eval_cli_on_a_jsonl_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyP
     knn = next(r for r in report["candidates"] if r["name"] == "knn-5")
     assert knn["latency_ms"]["n"] == 3 and knn["points"]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_equal_best_accuracy_goes_to_the_cheaper_setting() -> None:
+    # The dearer of the two best settings comes first: a plain max over accuracy would report it.
+    settings = [Setting(0.0, 1.0, 0.6), Setting(0.5, 0.4, 0.6), Setting(2.0, 0.1, 0.3)]
+    metrics = curve_metrics(settings, best_cost=1.0, best_accuracy=0.6, axis=(0.1, 1.0), oracle=0.9)
+    assert metrics["max_accuracy"] == 0.6 and metrics["cost_at_max_accuracy"] == 0.4
+    assert metrics["oracle_gap"] == pytest.approx(0.3)
+    assert [(p["cost"], p["accuracy"]) for p in metrics["frontier"]] == [(0.1, 0.3), (0.4, 0.6)]
+    assert metrics["cost_at_95_accuracy"] == pytest.approx(0.1 + (0.57 - 0.3) / 0.3 * 0.3)
+    assert metrics["accuracy_at_half_cost"] == 0.6  # the envelope is flat beyond its last point
+    pinned = curve_metrics(settings[1:2], 1.0, 0.6, (0.1, 1.0), 0.9, curve=False)
+    assert pinned["auc"] is None and pinned["cost_at_max_accuracy"] == 0.4

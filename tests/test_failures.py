@@ -14,9 +14,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
-from tests.upstream import SLOW_S, app, serve_in_thread
+from tests.upstream import SLOW_S, app, models, serve_in_thread
 
 STEM = ["math", "physics", "chemistry", "engineering", "computer science"]
 REST = ["history", "philosophy", "law", "psychology", "business", "economics", "health", "biology", "other"]
@@ -87,6 +91,28 @@ def test_refused_connection_falls_back(upstream: str, router_artifact: Path, sql
     assert raw.headers["x-moe-expert"] == "general"
     record = only_record(sqlite_url)
     assert [(c.expert, c.status) for c in record.calls] == [("stem", "refused"), ("general", "ok")]
+
+
+async def _request_timeout(_: Request) -> Response:
+    return JSONResponse({"error": {"message": "the server gave up waiting for the request", "type": "timeout"}},
+                        status_code=408)
+
+
+def test_an_upstream_408_falls_back(upstream: str, router_artifact: Path, sqlite_url: str, tmp_path: Path) -> None:
+    """408 Request Timeout is the server's failure, not the request's: unlike other 4xx it falls back."""
+    giving_up = Starlette(routes=[Route("/v1/chat/completions", _request_timeout, methods=["POST"]),
+                                  Route("/v1/models", models)])
+    with serve_in_thread(giving_up) as base:
+        experts = [expert("stem", "echo-stem", f"{base}/v1", domains=STEM),
+                   expert("general", "echo-general", f"{upstream}/v1", domains=REST)]
+        with running_gateway(routed_config(experts, router_artifact), sqlite_url, tmp_path) as gw:
+            raw = ask(gw.v1)
+    assert raw.headers["x-moe-expert"] == "general"
+    assert raw.parse().choices[0].message.content == f"[echo-general] {MATH_QUESTION}"
+    record = only_record(sqlite_url)
+    assert record.status == "ok" and record.ranked[0]["expert"] == "stem"
+    [(first, kind), second] = [(c.expert, c.status) for c in record.calls]
+    assert first == "stem" and kind != "upstream_4xx" and second == ("general", "ok")
 
 
 def test_upstream_4xx_goes_back_to_the_client_without_fallback(upstream: str, router_artifact: Path, sqlite_url: str, tmp_path: Path) -> None:

@@ -132,3 +132,35 @@ def test_the_lambda_grid_visits_every_choice_the_policy_can_make() -> None:
 
     assert choices(lambda_grid(quality, cost)) == choices(probes)
     assert len(choices(probes)) > 5
+
+
+def test_margin_rule_breaks_a_cost_tie_toward_the_better_predicted_expert() -> None:
+    # Experts 0 and 1 cost the same and are both within the margin of the best: 1 is predicted better.
+    quality = np.array([[0.6, 0.7, 0.75], [0.7, 0.6, 0.75]])
+    cost = np.array([1e-4, 1e-4, 1e-3])
+    assert CostPolicy(margin=0.2).choose(quality, cost).tolist() == [1, 0]
+    assert CostPolicy(margin=0.2).rank(quality[0], cost).tolist() == [1, 0, 2]
+    assert CostPolicy(margin=0.2).rank(quality[1], cost).tolist() == [0, 1, 2]
+    # Outside the margin, the rest follow by predicted quality, not by cost.
+    assert CostPolicy(margin=0.0).rank(quality[0], cost).tolist() == [2, 1, 0]
+
+
+def test_the_lambda_grid_breaks_a_quality_tie_toward_the_cheaper_expert() -> None:
+    """Two experts predicted equally good, the first dearer: lam 0 keeps the first, any lam > 0 must reach the
+    cheaper one, so the grid needs a point above 0 even though no quality is traded for the saving."""
+    quality, cost = np.array([[0.5, 0.5]]), np.array([2e-3, 1e-3])
+    grid = lambda_grid(quality, cost)
+    assert grid[0] == 0.0 and (grid > 0).any()
+    assert {int(CostPolicy(lam=float(lam)).choose(quality, cost)[0]) for lam in grid} == {0, 1}
+
+
+def test_expected_cost_matches_the_manifests_costs_to_experts_by_name() -> None:
+    experts = [ExpertProfile("big", 0.9), ExpertProfile("mid", 0.2), ExpertProfile("small", 0.01)]
+    manifest = Manifest("fixed", "fixed", "v1", "h", ["small", "mid", "big"], params={"mean_cost": [1e-5, 3e-4, 2e-3]})
+    assert expected_cost(experts, manifest).tolist() == [2e-3, 3e-4, 1e-5]
+    assert expected_cost(experts[::-1], manifest).tolist() == [1e-5, 3e-4, 2e-3]
+    # A manifest that misses one of the experts: every expert is priced from its price_per_mtok instead.
+    partial = Manifest("fixed", "fixed", "v1", "h", ["small", "big"], params={"mean_cost": [1e-5, 2e-3]})
+    assert expected_cost(experts, partial).tolist() == pytest.approx([9e-4, 2e-4, 1e-5])
+    assert expected_cost(experts, Manifest("fixed", "fixed", "v1", "h", ["small", "mid", "big"])).tolist() == \
+        pytest.approx([9e-4, 2e-4, 1e-5])
