@@ -98,11 +98,22 @@ def data_hash(rows: Sequence[Mapping[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
+# What a router reads of a long turn: its start and its end (where a question about a pasted document
+# usually is). Reading all of a 4 MB turn took 130 ms of the gateway's event loop; no training text is
+# this long.
+MAX_QUERY_CHARS = 16_000
+
+
 def query_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The text a router reads: the last user turn (text parts of multi-part content joined)."""
+    """The text a router reads: the last user turn (text parts of multi-part content joined), its first and
+    last MAX_QUERY_CHARS / 2 characters when it is longer."""
     for message in reversed(messages):
         if message.get("role") == "user":
-            return content_text(message.get("content"))
+            text = content_text(message.get("content"))
+            if len(text) > MAX_QUERY_CHARS:
+                half = MAX_QUERY_CHARS // 2
+                return f"{text[:half]}\n{text[-half:]}"
+            return text
     return ""
 
 
