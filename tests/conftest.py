@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
@@ -28,6 +28,8 @@ from gateway.migrate import upgrade  # noqa: E402
 from gateway.records import DecisionRow  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from tests.upstream import free_port, serve_in_thread  # noqa: E402
+
+_Row = TypeVar("_Row")
 
 # A server PostgreSQL that tests may create and drop databases in (CI starts it; see .ci/run).
 POSTGRES_ADMIN_URL = os.environ.get("MOE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -47,6 +49,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Outside CI a missing dataset, server or tool skips a test: say loudly which ones did not run, and why."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        by_reason.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid)
+    write = terminalreporter
+    write.write_sep("!", f"{len(skipped)} TESTS DID NOT RUN (skipped): what they check is untested here", red=True, bold=True)
+    for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        write.write_line(f"{len(nodeids)} skipped because: {reason}", yellow=True, bold=True)
+        for nodeid in nodeids:
+            write.write_line(f"    {nodeid}", yellow=True)
+    write.write_sep("!", "CI (CI=true, .ci/run) fails on any skip; install what is missing to run them here", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -165,14 +185,19 @@ def fresh_redis_db(db: int) -> Iterator[str]:
         client.close()
 
 
-def decisions(database_url: str) -> list[DecisionRow]:
-    """Every decision record (with its expert calls), oldest first."""
+def rows(database_url: str, table: type[_Row], order_by: Any) -> list[_Row]:
+    """Every row of a table, in the order given."""
     engine = create_engine(database_url)
     try:
         with Session(engine) as session:
-            return list(session.scalars(select(DecisionRow).order_by(DecisionRow.created_at)).all())
+            return list(session.scalars(select(table).order_by(order_by)).all())
     finally:
         engine.dispose()
+
+
+def decisions(database_url: str) -> list[DecisionRow]:
+    """Every decision record (with its expert calls), oldest first."""
+    return rows(database_url, DecisionRow, DecisionRow.created_at)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 from alembic import command
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
 from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
 from gateway.migrate import alembic_config, downgrade, upgrade
@@ -23,6 +22,7 @@ from tests.conftest import (
     Gateway,
     decisions,
     routed_config,
+    rows,
     running_gateway,
     wait_for,
 )
@@ -169,12 +169,7 @@ def _record(**fields: Any) -> DecisionRecord:
 
 
 def _dead_letters(url: str) -> list[DeadLetterRow]:
-    engine = create_engine(url)
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(select(DeadLetterRow).order_by(DeadLetterRow.failed_at)))
-    finally:
-        engine.dispose()
+    return rows(url, DeadLetterRow, DeadLetterRow.failed_at)
 
 
 # What PostgreSQL refuses that SQLite takes: a NUL in text, NaN in JSONB. Every string longer than its column
