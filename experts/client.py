@@ -1,31 +1,27 @@
-"""Calls one expert through litellm and turns every failure into an `ExpertFailure` with a kind.
+"""Calling one expert: the client interface, what a failure is, and how each kind lets the gateway go on.
 
 The kind decides what the gateway does next: `timeout`, `refused`, `upstream_5xx`, `bad_response`
 and `broken_stream` let it fall back to the next-ranked expert (when nothing has reached the client
 yet); `upstream_4xx` is the request's own fault and goes back to the client as it is.
+
+Two implementations: experts/openai_client.py calls any OpenAI-compatible server natively (the
+default, `provider: openai`); experts/litellm_client.py goes through litellm for providers that do
+not speak the OpenAI API (`provider: litellm`), and litellm is imported only when an expert uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.config import ExpertConfig
+from experts.registry import ExpertConfig
 
-# litellm fetches a price map from the network at import unless told otherwise.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+if TYPE_CHECKING:
+    import httpx
 
-import litellm  # noqa: E402 - must follow the environment setting above
-from litellm.exceptions import MidStreamFallbackError  # noqa: E402
-
-litellm.suppress_debug_info = True
-litellm.telemetry = False
-# No litellm callbacks are registered and its loggers stay at WARNING, so its logging payload goes
-# nowhere; redacting messages out of it would cost about 1 ms of CPU per call for nothing.
-litellm.turn_off_message_logging = False
-
+_T = TypeVar("_T")
 _CONNECT_FAILURES = ("Cannot connect to host", "Connection refused", "ConnectError", "All connection attempts failed")
 FALLBACK_KINDS = frozenset({"timeout", "refused", "upstream_5xx", "bad_response", "broken_stream"})
 
@@ -41,7 +37,20 @@ class ExpertFailure(Exception):
         return self.kind in FALLBACK_KINDS
 
 
+def status_failure(status: int, message: str) -> ExpertFailure:
+    """An error status from the expert: a 4xx is the request's fault (408, the server giving up, is not)."""
+    if 400 <= status < 500 and status != 408:
+        return ExpertFailure("upstream_4xx", message, status)
+    if status >= 500:
+        return ExpertFailure("upstream_5xx", message, 502)
+    return ExpertFailure("bad_response", message, 502)
+
+
 def classify(exc: BaseException) -> ExpertFailure:
+    """What went wrong in a litellm call (litellm is loaded already when it is called)."""
+    import litellm
+    from litellm.exceptions import MidStreamFallbackError
+
     if isinstance(exc, ExpertFailure):
         return exc
     message = str(exc).replace("\n", " ")[:500]
@@ -53,10 +62,8 @@ def classify(exc: BaseException) -> ExpertFailure:
     if any(sign in message for sign in _CONNECT_FAILURES):
         return ExpertFailure("refused", message, 502)
     status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and 400 <= status < 500 and status != 408:
-        return ExpertFailure("upstream_4xx", message, status)
-    if isinstance(status, int) and status >= 500:
-        return ExpertFailure("upstream_5xx", message, 502)
+    if isinstance(status, int) and status >= 400:
+        return status_failure(status, message)
     return ExpertFailure("bad_response", message, 502)
 
 
@@ -74,65 +81,59 @@ def with_system_prompt(expert: ExpertConfig, messages: list[dict[str, Any]]) -> 
     return [{"role": "system", "content": expert.system_prompt}, *messages]
 
 
-class ExpertClient:
+class ExpertClient(ABC):
     """One per expert: bounds its concurrency and applies its timeout and connection retries."""
 
     def __init__(self, expert: ExpertConfig) -> None:
         self.expert = expert
         self._slots = asyncio.Semaphore(expert.max_concurrency)
-        # litellm prices every response; a model missing from its price map costs it a dozen failed
-        # lookups per call (about 1.5 ms of CPU), so it is told this expert's price.
-        price = expert.price_per_mtok / 1e6
-        litellm.register_model({expert.litellm_model: {
-            "input_cost_per_token": price, "output_cost_per_token": price, "litellm_provider": "hosted_vllm", "mode": "chat",
-        }})
 
-    def _kwargs(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "model": self.expert.litellm_model,
-            "api_base": self.expert.api_base,
-            "api_key": "none",
-            "messages": with_system_prompt(self.expert, messages),
-            "timeout": self.expert.timeout_s,
-            "max_retries": 0,
-            **params,
-        }
+    @abstractmethod
+    async def complete(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        """The whole answer, as an OpenAI chat completion dict; an ExpertFailure otherwise."""
 
-    async def _with_connect_retries(self, call: Any) -> Any:
+    @abstractmethod
+    def stream(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The answer's chunks, as OpenAI chat completion chunk dicts; an ExpertFailure when it breaks."""
+
+    async def with_connect_retries(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call`, tried again (after a short pause) while the connection itself is refused."""
         for attempt in range(self.expert.connect_retries + 1):
             try:
                 return await call()
-            except Exception as exc:  # noqa: BLE001 - classified below
-                failure = classify(exc)
+            except ExpertFailure as failure:
                 if failure.kind != "refused" or attempt == self.expert.connect_retries:
-                    raise failure from exc
-                await asyncio.sleep(0.05 * (attempt + 1))
+                    raise
+            await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def complete(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
-        async with self._slots:
-            response = await self._with_connect_retries(
-                lambda: litellm.acompletion(**self._kwargs(messages, params))
-            )
-        return response.model_dump(exclude_none=True)
 
-    async def stream(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yields chunk dicts; the expert's timeout bounds the wait for each chunk, the first included."""
-        kwargs = self._kwargs(messages, {**params, "stream": True, "stream_options": {"include_usage": True}})
-        async with self._slots:
-            upstream = await self._with_connect_retries(lambda: litellm.acompletion(**kwargs))
-            iterator = upstream.__aiter__()
-            try:
-                while True:
-                    try:
-                        chunk = await asyncio.wait_for(iterator.__anext__(), self.expert.timeout_s)
-                    except StopAsyncIteration:
-                        return
-                    except Exception as exc:  # noqa: BLE001 - classified
-                        raise classify(exc) from exc
-                    yield chunk.model_dump(exclude_none=True)
-            finally:
-                # Closing the upstream response cancels the expert's generation too.
-                aclose = getattr(upstream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+class ExpertClients(Mapping[str, ExpertClient]):
+    """Every expert's client by name, and the connection pools they share (one per server), closed together."""
+
+    def __init__(self, experts: Sequence[ExpertConfig]) -> None:
+        from experts.openai_client import OpenAIClient, pooled_http
+
+        self._pools: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, ExpertClient] = {}
+        for expert in experts:
+            if expert.provider == "litellm":
+                from experts.litellm_client import LiteLLMClient
+
+                self._clients[expert.name] = LiteLLMClient(expert)
+            else:
+                assert expert.api_base is not None
+                pool = self._pools.setdefault(expert.api_base.rstrip("/"), pooled_http())
+                self._clients[expert.name] = OpenAIClient(expert, pool)
+
+    def __getitem__(self, name: str) -> ExpertClient:
+        return self._clients[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._clients)
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(pool.aclose() for pool in self._pools.values()))

@@ -1,4 +1,7 @@
-"""Background probes of each expert's server (GET {api_base}/models), read by /readyz and /v1/models."""
+"""Background probes of each expert's server (GET {api_base}/models), read by /readyz and /v1/models.
+
+An expert called through litellm is a provider's service with its own API, not an OpenAI-compatible
+server to probe: it counts as healthy, and its failures reach the breakers instead."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateway.config import ExpertConfig
+from experts.registry import ExpertConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,14 @@ class HealthMonitor:
 
     async def check_all(self) -> None:
         # Experts sharing a server share one probe.
-        bases = {e.api_base.rstrip("/") for e in self.experts}
+        bases = {_probed(e) for e in self.experts} - {None}
         async with httpx.AsyncClient(timeout=2.0) as client:
             results = await asyncio.gather(*(self._probe(client, base) for base in bases))
         by_base = dict(zip(bases, results, strict=True))
         now = time.time()
         for expert in self.experts:
-            error = by_base[expert.api_base.rstrip("/")]
+            base = _probed(expert)
+            error = by_base[base] if base else None
             was = self.status[expert.name].healthy
             self.status[expert.name] = ExpertHealth(error is None, now, error)
             if was != (error is None):
@@ -70,3 +74,8 @@ class HealthMonitor:
                 await self.check_all()
             except Exception:  # noqa: BLE001 - a probe bug must not kill the loop
                 log.exception("expert health check failed")
+
+
+def _probed(expert: ExpertConfig) -> str | None:
+    """The server whose /models tells whether `expert` is up, if it is one of ours to probe."""
+    return expert.api_base.rstrip("/") if expert.provider == "openai" and expert.api_base else None

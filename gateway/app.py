@@ -110,7 +110,7 @@ def create_app(
             yield
         finally:
             bodies.close()
-            app.state.service.close()
+            await app.state.service.aclose()
             await health.stop()
             await keys.stop()  # before Redis and the database it writes to go away
             await state.stop()

@@ -347,7 +347,7 @@ async def run_batch(
             await service.route(jobs)
             await service.send(jobs)
     finally:
-        service.close()
+        await service.aclose()
         journal.close()
         await decision_log.stop()
 

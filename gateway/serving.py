@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive
 
 from experts.aggregate import answers_needed, expert_weights, extract_choice, pick_answer, synthesis_messages
-from experts.client import ExpertClient, ExpertFailure
+from experts.client import ExpertClients, ExpertFailure
 from experts.health import HealthMonitor
 from gateway.config import (
     CascadeConfig,
@@ -128,13 +128,14 @@ class ChatService:
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.tracer = tracer
-        self.clients = {e.name: ExpertClient(e) for e in config.experts}
+        self.clients = ExpertClients(config.experts)
         self.batcher = RoutingBatcher()
         self._virtual = {v.name: v for v in config.virtual_models}
         self._experts = {e.name: e for e in config.experts}
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self.batcher.close()
+        await self.clients.aclose()
 
     def _record(self, record: DecisionRecord) -> None:
         """The one exit of every routed request: metrics, the decision log, the caller's key usage, the access

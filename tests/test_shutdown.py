@@ -191,10 +191,11 @@ def test_serve_with_two_workers(upstream: str, router_artifact: Path, postgres_u
         stderr = gw.stderr()
     workers = set(re.findall(r"Started server process \[(\d+)\]", stderr))
     assert len(workers) == 2 and str(gw.process.pid) not in workers
-    # Each worker logs through the gateway's JSON handler, litellm too (which attaches its own at import).
+    # Each worker logs through the gateway's JSON handler. These experts are OpenAI-compatible, called natively:
+    # litellm is never loaded, so none of its lines (in its own format or any) appear.
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert {r["logger"] for r in records} >= {"uvicorn.error", "gateway.access", "LiteLLM"}
-    assert " - LiteLLM:" not in stderr  # no line in litellm's own format
+    assert {r["logger"] for r in records} >= {"uvicorn.error", "gateway.access"}
+    assert "LiteLLM" not in stderr
     assert "Traceback" not in stderr
     for answer in answers:
         assert answer.headers["x-moe-expert"] == "stem"

@@ -7,6 +7,9 @@ midway; anything else echoes the last user message. Like a real server it stops 
 word is a token here; finish_reason "length"). `RECEIVED` counts the requests per model name, so a
 test can tell which experts were called (and which never were).
 
+`POST /v1/messages` plays Anthropic's Messages API (the key it wants is ANTHROPIC_KEY): a provider that
+does not speak OpenAI's, for experts called through litellm.
+
 Run alone for the benchmark: `python -m tests.upstream --port 9100`.
 """
 
@@ -111,7 +114,47 @@ async def models(_: Request) -> Response:
     return JSONResponse({"object": "list", "data": [{"id": "echo", "object": "model", "owned_by": "tests"}]})
 
 
-app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+ANTHROPIC_KEY = "sk-ant-scripted"  # the x-api-key the Messages endpoint wants
+
+
+async def messages(request: Request) -> Response:
+    """Anthropic's Messages API, for experts called through litellm: a provider that does not speak OpenAI's."""
+    if request.headers.get("x-api-key") != ANTHROPIC_KEY:
+        return JSONResponse({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}},
+                            status_code=401)
+    body = await request.json()
+    model = body["model"]
+    RECEIVED[model] += 1
+    user = next(m for m in reversed(body["messages"]) if m["role"] == "user")
+    content = user["content"] if isinstance(user["content"], str) else " ".join(
+        block.get("text", "") for block in user["content"])
+    text = f"[anthropic:{model}] {content}"
+    usage = {"input_tokens": len(content.split()), "output_tokens": len(text.split())}
+    message = {"id": "msg_scripted", "type": "message", "role": "assistant", "model": model,
+               "stop_reason": "end_turn", "stop_sequence": None}
+    if not body.get("stream"):
+        return JSONResponse({**message, "content": [{"type": "text", "text": text}], "usage": usage})
+
+    async def events() -> AsyncIterator[bytes]:
+        def event(kind: str, data: dict) -> bytes:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+        yield event("message_start", {"message": {**message, "content": [], "stop_reason": None,
+                                                   "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0}}})
+        yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for i, word in enumerate(text.split(" ")):
+            yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                                       "text": word if i == 0 else " " + word}})
+        yield event("content_block_stop", {"index": 0})
+        yield event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                      "usage": {"output_tokens": usage["output_tokens"]}})
+        yield event("message_stop", {})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models),
+                        Route("/v1/messages", messages, methods=["POST"])])
 
 
 def free_port() -> int:
