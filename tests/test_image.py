@@ -152,6 +152,29 @@ def running() -> Iterator[list[str]]:
         podman("rm", "--force", "--time", "10", name, check=False)
 
 
+def start_gateway(cluster: Cluster, pod: dict[str, Any], running: list[str]) -> None:
+    """Runs the pod's gateway container detached (its init containers first) until every probe answers 200."""
+    for init in pod.get("initContainers", []):
+        podman("run", "--rm", *cluster.run_args(pod, init), timeout=300)
+    gateway = pod["containers"][0]
+    name = f"moe-test-{uuid.uuid4().hex[:8]}"
+    running.append(name)
+    podman("run", "--detach", "--name", name, *cluster.run_args(pod, gateway))
+    try:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            wait_ok(probe_url(gateway, probe), timeout_s=180)
+    except AssertionError:
+        raise AssertionError(podman("logs", name, check=False).stderr[-4000:]) from None
+
+
+def assert_routed(port: int, headers: dict[str, str]) -> None:
+    reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, headers=headers,
+                       json={"model": "moe-auto", "messages": [{"role": "user", "content": MATH_QUESTION}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-moe-expert"] == "stem"
+    assert MATH_QUESTION in reply.json()["choices"][0]["message"]["content"]
+
+
 def test_rendered_jobs_and_gateway_run_in_the_image(
     image: str, upstream: str, postgres_server_url: str, claims: dict[str, Path], tmp_path: Path, running: list[str]
 ) -> None:
@@ -172,14 +195,7 @@ def test_rendered_jobs_and_gateway_run_in_the_image(
         # 2. The gateway Deployment: its probes answer 200, and a key created as NOTES.txt says opens /v1.
         pod = pod_spec(one(docs, "Deployment", "gateway"))
         gateway = pod["containers"][0]
-        name = f"moe-test-{uuid.uuid4().hex[:8]}"
-        running.append(name)
-        podman("run", "--detach", "--name", name, *cluster.run_args(pod, gateway))
-        try:
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                wait_ok(probe_url(gateway, probe), timeout_s=180)
-        except AssertionError:
-            raise AssertionError(podman("logs", name, check=False).stderr[-4000:]) from None
+        start_gateway(cluster, pod, running)
         ready = httpx.get(probe_url(gateway, "readinessProbe")).json()
         assert ready["ready"] is True and all(ready["checks"].values()), ready
         assert ready["redis"] == {"configured": True, "reachable": True}  # REDIS_URL came from the Secret
@@ -187,12 +203,7 @@ def test_rendered_jobs_and_gateway_run_in_the_image(
                           json={"model": "moe-auto", "messages": [{"role": "user", "content": "hi"}]}).status_code == 401
         keys = {**gateway, "command": ["moe"], "args": ["keys", "create", "--name", "ci", "--tenant", "ci"]}
         key = podman("run", "--rm", *cluster.run_args(pod, keys), timeout=120).stdout.strip()
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
-                           headers={"Authorization": f"Bearer {key}"},
-                           json={"model": "moe-auto", "messages": [{"role": "user", "content": MATH_QUESTION}]})
-        assert reply.status_code == 200, reply.text
-        assert reply.headers["x-moe-expert"] == "stem"
-        assert MATH_QUESTION in reply.json()["choices"][0]["message"]["content"]
+        assert_routed(port, {"Authorization": f"Bearer {key}"})
 
         # 3. The retraining CronJob trains a new router version into the routers claim.
         before = json.loads((claims["routers"] / "embedding-domain" / "router.json").read_text())["version"]
@@ -213,3 +224,30 @@ def test_rendered_migrations_job_fails_loudly_when_the_database_never_answers(
     assert done.returncode == 1
     assert "did not answer within 3 s" in done.stderr and "Traceback" not in done.stderr
     assert "hunter2" not in done.stderr + done.stdout  # the password is never printed
+
+
+def test_rendered_sqlite_gateway_migrates_in_its_pod_and_records_there(
+    image: str, upstream: str, claims: dict[str, Path], tmp_path: Path, running: list[str]
+) -> None:
+    port = free_port()
+    docs = render({**values(image, upstream, port), "secrets": {"existingSecret": ""}, "redis": {"enabled": False},
+                   "database": {"sqlite": {"enabled": True, "existingClaim": "data"}},
+                   "gateway": {"replicas": 1, "port": port, "requireApiKey": False}, "retrain": {"enabled": False}})
+    assert not find(docs, "Job")  # the init container migrates instead
+    data = tmp_path / "data"
+    data.mkdir(mode=0o777)
+    data.chmod(0o777)
+    cluster = Cluster(docs, {}, {**claims, "data": data}, tmp_path)
+    start_gateway(cluster, pod_spec(one(docs, "Deployment", "gateway")), running)
+    assert_routed(port, {})
+    engine = create_engine(f"sqlite:///{data / 'moe.db'}")
+
+    def recorded() -> int:  # a connection per look: an open read transaction would hold off the gateway's writes
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM decisions WHERE chosen_expert = 'stem'")).scalar_one()
+
+    deadline = time.monotonic() + 15  # records are written in batches off the request path
+    while not recorded():
+        assert time.monotonic() < deadline, "no decision record in the pod's SQLite file"
+        time.sleep(0.2)
+    engine.dispose()
