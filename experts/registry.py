@@ -63,3 +63,15 @@ class ServerConfig(_Strict):
     @property
     def api_base(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
+
+
+class Fleet(_Strict):
+    """The experts, and the vLLM servers started for some of them: what calling and launching experts need."""
+
+    experts: Annotated[tuple[ExpertConfig, ...], Field(min_length=1)]
+    servers: tuple[ServerConfig, ...] = ()
+
+    def served_names(self, server: ServerConfig) -> list[str]:
+        """The model names a server must answer to: the `model` of every expert it serves."""
+        names = [e.model for e in self.experts if e.api_base and e.api_base.rstrip("/") == server.api_base]
+        return list(dict.fromkeys(names))

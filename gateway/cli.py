@@ -143,8 +143,9 @@ def up(
         if not (router.artifact / "router.json").is_file():
             from training.train import train_router
 
-            console.print(f"[bold]training router {router.name}[/bold] into {router.artifact} (first run only)")
-            train_router("embedding-domain", router.artifact)
+            console.print(f"[bold]training router {router.name}[/bold] ({router.family}) into {router.artifact} "
+                          "(first run only)")
+            train_router(router.family, router.artifact, config=settings.moe_config)
     with running_servers(config, console=console):  # a config without servers starts none
         server = uvicorn.Server(uvicorn.Config(create_app(settings, config), host="127.0.0.1", port=port,
                                                access_log=False, log_level="warning"))

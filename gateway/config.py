@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from experts.registry import ExpertConfig, ServerConfig
+from experts.registry import ExpertConfig, Fleet
+from routers import FAMILIES
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
@@ -23,6 +24,14 @@ class _Strict(BaseModel):
 class RouterConfig(_Strict):
     name: str
     artifact: Path = Field(description="trained artifact directory (relative to the working directory)")
+    family: str = Field("embedding-domain", description="what `moe up` trains into `artifact` when it is missing")
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown router family {family!r}; known: {sorted(FAMILIES)}")
+        return family
 
 
 class _Budgeted(_Strict):
@@ -83,9 +92,7 @@ class VirtualModelConfig(_Strict):
     description: str = ""
 
 
-class GatewayConfig(_Strict):
-    experts: Annotated[tuple[ExpertConfig, ...], Field(min_length=1)]
-    servers: tuple[ServerConfig, ...] = ()
+class GatewayConfig(Fleet):
     routers: tuple[RouterConfig, ...] = ()
     virtual_models: tuple[VirtualModelConfig, ...] = ()
 
@@ -111,11 +118,6 @@ class GatewayConfig(_Strict):
 
     def expert(self, name: str) -> ExpertConfig:
         return next(e for e in self.experts if e.name == name)
-
-    def served_names(self, server: ServerConfig) -> list[str]:
-        """The model names a server must answer to: the `model` of every expert it serves."""
-        names = [e.model for e in self.experts if e.api_base and e.api_base.rstrip("/") == server.api_base]
-        return list(dict.fromkeys(names))
 
 
 class ConfigError(ValueError):

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Engine, String, Table, create_engine, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.records import DeadLetterRow, DecisionRow, ExpertCallRow
+from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow
 
 log = logging.getLogger(__name__)
 

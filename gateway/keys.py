@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from gateway.decision_log import DecisionRecord
 from gateway.errors import APIError
 from gateway.rate_limit import RateLimiter
-from gateway.records import ApiKeyRow
+from migrations.schema import ApiKeyRow
 
 log = logging.getLogger(__name__)
 

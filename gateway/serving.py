@@ -24,9 +24,9 @@ from starlette.types import Receive
 from experts.aggregate import answers_needed, expert_weights, extract_choice, pick_answer, synthesis_messages
 from experts.client import ExpertClients, ExpertFailure
 from experts.health import HealthMonitor
+from experts.registry import ExpertConfig
 from gateway.config import (
     CascadeConfig,
-    ExpertConfig,
     GatewayConfig,
     SynthesisConfig,
     VirtualModelConfig,

@@ -1,9 +1,9 @@
-"""Alembic environment: the URL comes from the caller (gateway.migrate), the metadata from gateway.records."""
+"""Alembic environment: the URL comes from the caller (gateway.migrate), the metadata from migrations.schema."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from gateway.records import Base
+from migrations.schema import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")

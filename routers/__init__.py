@@ -10,14 +10,15 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from routers.base import Decision, ExpertProfile, ExpertScore, Manifest, Router
+from routers.base import Decision, ExpertScore, Router
+from routers.manifest import ExpertProfile, Manifest
 
 # family -> "module:Class"
 FAMILIES: dict[str, str] = {
-    "embedding-domain": "routers.embedding:EmbeddingDomainRouter",
-    "bert-domain": "routers.modem:BertDomainRouter",
-    "reward-distilled": "routers.zooter:RewardDistilledRouter",
-    "skill-based": "routers.symbolic:SkillBasedRouter",
+    "embedding-domain": "routers.embedding_domain:EmbeddingDomainRouter",
+    "bert-domain": "routers.bert_domain:BertDomainRouter",
+    "reward-distilled": "routers.reward_distilled:RewardDistilledRouter",
+    "skill-based": "routers.skill_based:SkillBasedRouter",
 }
 
 

@@ -8,36 +8,22 @@ this module costs nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from routers.manifest import ExpertProfile, Manifest
 from routers.policy import CostPolicy, expected_cost
 
 if TYPE_CHECKING:
     from routers.cost import CostModel
+    from routers.dataset import RoutingDataset
     from routers.features import QueryFeatures
-
-MANIFEST = "router.json"
-
-
-@dataclass(frozen=True)
-class ExpertProfile:
-    """What a router may know of an expert: its name, its price and what it declares to be good at."""
-
-    name: str
-    price_per_mtok: float = 0.0
-    domains: tuple[str, ...] = ()
-    skills: tuple[str, ...] = ()
-
 
 @dataclass(frozen=True)
 class ExpertScore:
@@ -64,38 +50,6 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Manifest:
-    """router.json: identifies a trained artifact (family, name, version, data hash, metrics)."""
-
-    family: str
-    name: str
-    version: str
-    data_hash: str
-    experts: list[str]
-    metrics: dict[str, float] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def write(self, directory: Path) -> None:
-        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, directory: Path) -> Manifest:
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} is not a router artifact: {MANIFEST} is missing")
-        return cls(**json.loads(path.read_text()))
-
-
-def data_hash(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A stable fingerprint of training data, stored in the manifest to tell artifacts apart."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
 
 
 # What a router reads of a long turn: its start and its end (where a question about a pasted document
@@ -130,11 +84,15 @@ def content_text(content: Any) -> str:
 class Router(ABC):
     """A trained router: scores every expert for a query; `decide` ranks them.
 
-    Subclasses implement `score` (higher is better, one column per expert in `self.experts` order),
-    `_save` and `_load`. `decide` is the template the gateway and the evaluation both call.
+    Subclasses implement `fit` (on a dataset's train split, tuned and scored on dev), `score` (higher is
+    better, one column per expert in `self.experts` order), `_save` and `_load`. `decide` is the template
+    the gateway and the evaluation both call.
     """
 
     family: ClassVar[str]
+    # Whether it routes between the experts a gateway config declares (by their declared domains) rather than
+    # the experts the training data scores: what it is built with before `fit`.
+    experts_from_config: ClassVar[bool] = False
     features: QueryFeatures | None = None  # what it reads of a query, for the families that share them
     cost_model: CostModel | None = None  # each expert's cost predicted per query, when trained with costs
 
@@ -156,6 +114,11 @@ class Router(ABC):
     def inline(self) -> bool:
         """Whether a decision is cheap enough to take on the gateway's event loop (no forward pass)."""
         return self.features is not None and self.features.cheap
+
+    @abstractmethod
+    def fit(self, train: RoutingDataset, dev: RoutingDataset, **params: Any) -> Self:
+        """Learn from `train`, choose what needs choosing on `dev`; sets the manifest. `params` are the family's
+        own (e.g. `features`, what it reads of a query)."""
 
     @abstractmethod
     def score(self, texts: Sequence[str]) -> np.ndarray:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from routers.base import ExpertProfile, Manifest
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
+    from routers.manifest import ExpertProfile, Manifest
 
 QUERIES_PER_COST_UNIT = 1000  # lam is per USD per 1k queries
 GRID_SAMPLE_ROWS = 20_000  # queries whose choice crossings place the lam grid

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from routers.base import ExpertProfile, Manifest, Router, data_hash
+from routers.base import Router
 from routers.cost import CostModel
+from routers.manifest import ExpertProfile, Manifest, data_hash
 from routers.policy import calibrate
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 
 def profiles_of(dataset: RoutingDataset) -> list[ExpertProfile]:

@@ -21,7 +21,7 @@ from gateway.cli import app as cli
 from gateway.decision_log import make_engine
 from gateway.keys import SHOWN_CHARS, CreatedKey, KeyStore, NewKey, hash_key
 from gateway.migrate import alembic_config, downgrade, upgrade
-from gateway.records import ApiKeyRow
+from migrations.schema import ApiKeyRow
 from tests.conftest import (
     HISTORY_QUESTION,
     MATH_QUESTION,

@@ -30,6 +30,15 @@ def test_embedded_default_is_valid() -> None:
     assert config.served_names(config.servers[0]) == ["smollm-stem", "smollm-humanities", "smollm-general"]
 
 
+def test_litellm_experts_may_leave_the_address_to_their_provider(tmp_path: Path) -> None:
+    config = yaml.safe_load(yaml.safe_dump(VALID))
+    config["experts"].append({"name": "claude", "provider": "litellm", "model": "anthropic/claude-3-5-haiku-20241022",
+                              "api_key_env": "ANTHROPIC_API_KEY"})
+    config["routers"][0]["family"] = "skill-based"
+    loaded = load_config(write(tmp_path, config))
+    assert loaded.expert("claude").api_base is None and loaded.routers[0].family == "skill-based"
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -42,6 +51,10 @@ def test_embedded_default_is_valid() -> None:
         (lambda c: c["experts"].append(dict(c["experts"][0])), "duplicate name 'a'"),
         (lambda c: c.update(experts=[]), "experts"),
         (lambda c: c.update(servers=[{"name": "s", "model": "x", "port": 7}]), "servers.0"),
+        (lambda c: c["experts"][0].pop("api_base"), "experts.0: Value error, api_base"),  # an OpenAI server needs one
+        (lambda c: c["experts"][0].update(provider="bedrock"), "experts.0.provider"),
+        (lambda c: c["experts"][0].update(api_key_env="sk-the-key-itself"), "experts.0.api_key_env"),
+        (lambda c: c["routers"][0].update(family="bert"), "routers.0.family"),
     ],
 )
 def test_invalid_config_names_the_field(tmp_path: Path, mutate, message: str) -> None:  # noqa: ANN001

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
 from gateway.migrate import alembic_config, downgrade, upgrade
-from gateway.records import DeadLetterRow
+from migrations.schema import DeadLetterRow
 from tests.conftest import (
     HISTORY_QUESTION,
     MATH_QUESTION,

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from routers import ExpertProfile, load_router
-from routers.embedding import EmbeddingDomainRouter, domain_routing
+from routers.embedding_domain import EmbeddingDomainRouter, domain_routing
 from routers.features import LEXICON_FILE
 from training.cli import app
 from training.dataset import load_dataset
@@ -81,10 +81,11 @@ def test_batch_scores_match_single_queries(artifact: Path, experts: list[ExpertP
 
 def test_saved_router_scores_as_the_fitted_one(tmp_path: Path, experts: list[ExpertProfile]) -> None:
     """The lexicon and classifier survive the artifact: a reloaded router gives the same scores."""
-    data = load_dataset().of_split("train")
-    rows = stratified_sample(data.domains, 140)
-    texts, domains = data.queries[rows].tolist(), data.domains[rows].tolist()
-    fitted = EmbeddingDomainRouter(experts).fit(texts, domains)
+    data = load_dataset()
+    train = data.of_split("train")
+    train = train.subset(stratified_sample(train.domains, 140))
+    texts = train.queries.tolist()
+    fitted = EmbeddingDomainRouter(experts).fit(train, data.of_split("dev").subset(np.arange(0)))
     fitted.save(tmp_path)
     assert (tmp_path / LEXICON_FILE).is_file()
     np.testing.assert_allclose(load_router(tmp_path, experts).score(texts[:20]), fitted.score(texts[:20]), atol=1e-6)
@@ -119,6 +120,6 @@ def test_domain_routing_rule() -> None:
 
 
 def test_importing_the_router_loads_no_heavy_library() -> None:
-    code = "import sys, routers.embedding, training.cli; print(sorted({'torch', 'sklearn', 'sentence_transformers'} & set(sys.modules)))"
+    code = "import sys, routers.embedding_domain, training.cli; print(sorted({'torch', 'sklearn', 'sentence_transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -10,8 +10,19 @@ import pytest
 from typer.testing import CliRunner
 
 from training.baselines import build_baselines
-from training.dataset import RoutingDataset
-from training.evaluate import Setting, accuracy_at, area_under, cost_at, curve_metrics, envelope, evaluate, frontier
+from routers.dataset import RoutingDataset
+from training.evaluate import (
+    Setting,
+    accuracy_at,
+    area_under,
+    cost_at,
+    curve_metrics,
+    envelope,
+    evaluate,
+    frontier,
+    overall_frontier,
+    sweep,
+)
 
 
 def test_frontier_envelope_and_interpolation() -> None:
@@ -178,3 +189,68 @@ def test_equal_best_accuracy_goes_to_the_cheaper_setting() -> None:
     assert metrics["accuracy_at_half_cost"] == 0.6  # the envelope is flat beyond its last point
     pinned = curve_metrics(settings[1:2], 1.0, 0.6, (0.1, 1.0), 0.9, curve=False)
     assert pinned["auc"] is None and pinned["cost_at_max_accuracy"] == 0.4
+
+
+def three_expert_data(scores: list[list[float]], costs: list[float]) -> RoutingDataset:
+    n = len(scores)
+    return RoutingDataset(
+        queries=np.array([f"q{i}" for i in range(n)], dtype=object), experts=("a", "b", "c"),
+        scores=np.array(scores, dtype=float), costs=np.tile(costs, (n, 1)), tags=((),) * n,
+        domains=np.full(n, "", dtype=object), split=np.full(n, "test"),
+    )
+
+
+def test_sweep_keeps_each_distinct_point_once_with_its_smallest_lambda() -> None:
+    # The policy sees a, b, c as $3, $2, $1 per 1k queries and predicts 0.9, 0.7, 0.3: lam 0.1 picks a, 0.3 b, 0.5 c.
+    quality, expected = np.array([[0.9, 0.7, 0.3]] * 2), np.array([3e-3, 2e-3, 1e-3])
+    lams = [0.0, 0.1, 0.3, 0.35, 0.5]
+    # Recorded costs all equal: three points of one cost, best accuracy first.
+    same_cost = three_expert_data([[1, 1, 0], [1, 0, 0]], [1e-4, 1e-4, 1e-4])
+    assert [(s.lam, s.cost, s.accuracy) for s in sweep(quality, expected, same_cost, lams)] == [
+        (0.0, pytest.approx(0.1), 1.0), (0.3, pytest.approx(0.1), 0.5), (0.5, pytest.approx(0.1), 0.0)]
+    # Every answer right: three points of one accuracy, cheapest first, however close their costs.
+    same_accuracy = three_expert_data([[1, 1, 1], [1, 1, 1]], [4e-4, 3e-4, 2e-4])
+    assert [(s.lam, s.cost) for s in sweep(quality, expected, same_accuracy, lams)] == [
+        (0.5, pytest.approx(0.2)), (0.3, pytest.approx(0.3)), (0.0, pytest.approx(0.4))]
+
+
+def test_envelope_edges() -> None:
+    # Far from cost 0: (11, 0.6) lies under the chord from (10, 0.5) to (12, 0.75).
+    assert envelope([Setting(0, 10, 0.5), Setting(0, 11, 0.6), Setting(0, 12, 0.75)]).tolist() == [[10, 0.5], [12, 0.75]]
+    # Concave throughout: every point stays.
+    concave = [Setting(0, 0.1, 0.2), Setting(0, 0.2, 0.5), Setting(0, 0.3, 0.7), Setting(0, 0.4, 0.8)]
+    assert envelope(concave).tolist() == [[0.1, 0.2], [0.2, 0.5], [0.3, 0.7], [0.4, 0.8]]
+    # A point on the chord adds nothing: a random mix of its neighbours reaches it.
+    assert envelope([Setting(0, 1, 2), Setting(0, 2, 4), Setting(0, 3, 6)]).tolist() == [[1, 2], [3, 6]]
+    assert envelope([]).shape == (0, 2)
+    # At equal cost the better point is the frontier's.
+    assert [(s.cost, s.accuracy) for s in frontier([Setting(0, 0.5, 0.4), Setting(1, 0.5, 0.6)])] == [(0.5, 0.6)]
+
+
+def test_reading_the_envelope_at_its_ends() -> None:
+    hull = envelope([Setting(0, 0.5, 0.2), Setting(0, 1.0, 0.6)])
+    assert accuracy_at(hull, 0.5) == 0.2 and accuracy_at(hull, 0.3) is None  # 0.3 > its first accuracy, not cost
+    assert cost_at(hull, 0.6) == 1.0 and cost_at(hull, 0.2) == 0.5
+    assert area_under(hull, 0.75, 0.75) == pytest.approx(0.4)  # an empty axis: the value there
+    assert area_under(hull, 0.25, 0.25) == 0.0  # ...which is 0 where the candidate cannot run that cheaply
+
+
+def test_curve_metrics_read_the_half_cost_point_off_the_best_singles_cost() -> None:
+    settings = [Setting(0.0, 1.0, 0.6), Setting(0.5, 0.4, 0.6), Setting(2.0, 0.1, 0.3)]
+    metrics = curve_metrics(settings, best_cost=0.4, best_accuracy=0.6, axis=(0.1, 1.0), oracle=0.9)
+    assert metrics["accuracy_at_half_cost"] == pytest.approx(0.3 + (0.2 - 0.1) / 0.3 * 0.3)
+    assert metrics["auc"] is not None  # a curve unless told it is one pinned lam
+
+
+def test_the_overall_frontier_leaves_references_out_and_names_each_point() -> None:
+    results = [
+        {"name": "router", "kind": "router", "points": [{"lambda": 0.5, "cost": 0.2, "accuracy": 0.5},
+                                                          {"lambda": 0.0, "cost": 0.9, "accuracy": 0.7}]},
+        {"name": "single:a", "kind": "baseline", "points": [{"lambda": 0.0, "cost": 0.5, "accuracy": 0.6}]},
+        {"name": "pool-readme", "kind": "reference", "points": [{"lambda": 0.0, "cost": 0.1, "accuracy": 0.9}]},
+    ]
+    assert overall_frontier(results) == [
+        {"name": "router", "lambda": 0.5, "cost": 0.2, "accuracy": 0.5},
+        {"name": "single:a", "lambda": 0.0, "cost": 0.5, "accuracy": 0.6},
+        {"name": "router", "lambda": 0.0, "cost": 0.9, "accuracy": 0.7},
+    ]

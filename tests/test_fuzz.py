@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from gateway import protocol
-from gateway.records import DeadLetterRow
+from migrations.schema import DeadLetterRow
 from tests.conftest import decisions, routed_config, rows, running_gateway, wait_for
 
 CHAT = ("POST", "/v1/chat/completions")

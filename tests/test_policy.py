@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from routers.base import ExpertProfile, Manifest, Router
+from routers.dataset import RoutingDataset
 from routers.policy import CostPolicy, calibrate, expected_cost, lambda_grid, parse_knob
-from training.dataset import RoutingDataset
 
 QUALITY = np.array([[0.9, 0.7, 0.4], [0.5, 0.6, 0.55]])
 COST = np.array([1e-3, 2e-4, 1e-5])  # USD per query: $1, $0.2, $0.01 per 1k queries
@@ -90,6 +90,9 @@ def test_calibration_reaches_its_target_at_less_cost() -> None:
 
 class FixedRouter(Router):
     family = "fixed"
+
+    def fit(self, train, dev, **params):  # noqa: ANN001, ANN003, ANN201
+        raise NotImplementedError
 
     def score(self, texts):  # noqa: ANN001, ANN201
         return np.tile([0.9, 0.7, 0.4], (len(texts), 1))

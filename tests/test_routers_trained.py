@@ -201,7 +201,7 @@ def test_each_family_routes_live_requests_in_the_gateway(pool_artifacts: Artifac
 
 
 def test_bert_domain_routes_on_its_onnx_export_of_the_fine_tuned_classifier(pool_artifacts: Artifacts) -> None:
-    from routers.modem import CLASSIFIER_DIR, CLASSIFIER_GRAPH, predict_proba
+    from routers.bert_domain import CLASSIFIER_DIR, CLASSIFIER_GRAPH, predict_proba
 
     directory = pool_artifacts["bert-domain"]
     assert (directory / CLASSIFIER_DIR / CLASSIFIER_GRAPH).is_file()  # saved with it: routing needs no torch

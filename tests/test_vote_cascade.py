@@ -17,7 +17,7 @@ import yaml
 
 from experts.aggregate import answers_needed, expert_weights, log_odds_weight, pick_answer
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.records import DecisionRow
+from migrations.schema import DecisionRow
 from tests.conftest import MATH_QUESTION, Gateway, decisions, expert, running_gateway, wait_for
 from tests.upstream import RECEIVED
 

@@ -22,8 +22,8 @@ from typing import ClassVar, Self
 
 import numpy as np
 
+from routers.dataset import RoutingDataset
 from routers.policy import CostPolicy
-from training.dataset import RoutingDataset
 
 # Small enough that an answer's cost only breaks ties between equally scored answers.
 TIE_BREAK = 1e-6

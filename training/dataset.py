@@ -1,9 +1,5 @@
-"""The one shape every router trains and is evaluated on, whatever the data's origin.
-
-A `RoutingDataset` holds, per query, a score for each expert's answer (the reward: correctness,
-a reward model's or a judge's grade, user feedback), each answer's cost, tags (subjects, skills)
-and an optional domain label. The MMLU-Pro pool and a user's own JSONL both load into it, so other
-experts and other data need no code change:
+"""Loads routing data into the RoutingDataset every router trains on (routers/dataset.py): the MMLU-Pro pool,
+or a user's own JSONL, so other experts and other data need no code change:
 
     {"query": "...", "scores": {"expert-a": 1.0, "expert-b": 0.0}, "costs": {...}?, "tags": [...]?,
      "domain": "..."?, "split": "train|dev|test"?}
@@ -15,56 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from training.pool import SPLITS, Pool, load_pool
-
-
-@dataclass(frozen=True)
-class RoutingDataset:
-    queries: np.ndarray  # str [n]
-    experts: tuple[str, ...]  # [m]
-    scores: np.ndarray  # float [n, m]: quality of each expert's answer, higher is better
-    costs: np.ndarray  # float [n, m]: USD that answer cost (zeros when unknown)
-    tags: tuple[tuple[str, ...], ...]  # [n]: e.g. (category, src subject)
-    domains: np.ndarray  # str [n]: label for domain routers ("" when unknown)
-    split: np.ndarray  # str [n]: train / dev / test
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    def subset(self, rows: np.ndarray) -> RoutingDataset:
-        index = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows)
-        return replace(
-            self,
-            queries=self.queries[index],
-            scores=self.scores[index],
-            costs=self.costs[index],
-            tags=tuple(self.tags[i] for i in index),
-            domains=self.domains[index],
-            split=self.split[index],
-        )
-
-    def of_split(self, split: str) -> RoutingDataset:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
-        return self.subset(self.split == split)
-
-    def with_experts(self, names: Sequence[str]) -> RoutingDataset:
-        """Only these experts' columns, in this order (e.g. the small-experts scenario)."""
-        missing = [n for n in names if n not in self.experts]
-        if missing:
-            raise ValueError(f"unknown experts {missing}; known: {list(self.experts)}")
-        cols = [self.experts.index(n) for n in names]
-        return replace(self, experts=tuple(names), scores=self.scores[:, cols], costs=self.costs[:, cols])
-
-    def mean_cost(self) -> np.ndarray:
-        """Per expert, the average cost of one answer: what cost-aware policies expect to pay."""
-        return self.costs.mean(axis=0)
+from routers.dataset import RoutingDataset
+from training.pool import Pool, load_pool
 
 
 def from_pool(pool: Pool | None = None) -> RoutingDataset:

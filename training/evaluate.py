@@ -35,9 +35,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from routers.base import Router
+from routers.dataset import RoutingDataset
 from routers.policy import CostPolicy, lambda_grid
 from training.baselines import Oracle
-from training.dataset import RoutingDataset
 
 LATENCY_QUERIES = 200
 SCORE_BATCH = 256

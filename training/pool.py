@@ -24,9 +24,9 @@ from string import ascii_uppercase
 import numpy as np
 
 from experts.aggregate import ANSWER_IS
+from routers.dataset import SPLITS
 
 POOL_DIR_ENV = "MOE_POOL_DIR"
-SPLITS = ("train", "dev", "test")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

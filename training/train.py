@@ -1,23 +1,24 @@
 """Train a router on a RoutingDataset's train split (the MMLU-Pro pool by default), tune and score it
 on dev, write its versioned artifact.
 
-Needs no gateway code: embedding-domain routes between the `experts:` of a config YAML read here,
-the other families between the experts the dataset scores.
+Needs no gateway code: one `Router.fit(train, dev, **params)` for every family. embedding-domain routes
+between the `experts:` of a config YAML read here, the other families between the experts the dataset scores.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from routers import FAMILIES, ExpertProfile, Router
+from routers import ExpertProfile, Router, router_class
+from routers.dataset import RoutingDataset
 from routers.features import DEFAULT_KIND
-from training.dataset import RoutingDataset, load_dataset
+from training.dataset import load_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "gateway" / "default.yaml"
 
@@ -57,52 +58,6 @@ def stratified_sample(categories: np.ndarray, limit: int, seed: int = 0) -> np.n
     return order[np.argsort(rank_in_category, kind="stable")[:limit]]
 
 
-def _fit_embedding_domain(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
-    from routers.embedding import EmbeddingDomainRouter
-
-    # Routes by the domains the config's experts declare, not between the dataset's experts.
-    return EmbeddingDomainRouter(load_expert_profiles(config)).fit(
-        train.queries.tolist(),
-        train.domains.tolist(),
-        dev_texts=dev.queries.tolist(),
-        dev_domains=dev.domains.tolist(),
-        features=features,
-    )
-
-
-def _fit_bert_domain(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
-    from routers.modem import BertDomainRouter
-    from routers.quality import profiles_of
-
-    if features != DEFAULT_KIND:
-        raise ValueError("bert-domain reads queries with its own fine-tuned encoder: it takes no feature kind")
-    return BertDomainRouter(profiles_of(train)).fit(train, dev)
-
-
-def _fit_reward_distilled(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
-    from routers.quality import profiles_of
-    from routers.zooter import RewardDistilledRouter
-
-    return RewardDistilledRouter(profiles_of(train)).fit(train, dev, features=features)
-
-
-def _fit_skill_based(train: RoutingDataset, dev: RoutingDataset, config: Path, features: str) -> Router:
-    from routers.quality import profiles_of
-    from routers.symbolic import SkillBasedRouter
-
-    return SkillBasedRouter(profiles_of(train)).fit(train, dev, features=features)
-
-
-# family -> how to fit it on (train, dev, gateway config, feature kind); the families a trained
-# router exists for. embedding-domain routes between the config's experts, the others between the dataset's.
-TRAINERS: dict[str, Callable[[RoutingDataset, RoutingDataset, Path, str], Router]] = {
-    "embedding-domain": _fit_embedding_domain,
-    "bert-domain": _fit_bert_domain,
-    "reward-distilled": _fit_reward_distilled,
-    "skill-based": _fit_skill_based,
-}
-
-
 def train_router(
     family: str,
     out: Path,
@@ -121,8 +76,7 @@ def train_router(
     `limit` keeps that many train and that many dev questions, spread over the domains: for quick
     runs and tests. `features`: what the router reads of a query (`routers.features.KINDS`).
     """
-    if family not in TRAINERS:
-        raise ValueError(f"no trainer for family {family!r}; trainable: {sorted(TRAINERS)} (known: {sorted(FAMILIES)})")
+    cls = router_class(family)
     started = time.perf_counter()
     data = dataset if isinstance(dataset, RoutingDataset) else load_dataset(dataset or pool_dir)
     if experts is not None:
@@ -131,6 +85,7 @@ def train_router(
     if limit is not None:
         train = train.subset(stratified_sample(train.domains, limit))
         dev = dev.subset(stratified_sample(dev.domains, limit))
-    router = TRAINERS[family](train, dev, config, features)
+    profiles = load_expert_profiles(config) if cls.experts_from_config else [ExpertProfile(n) for n in train.experts]
+    router = cls(profiles).fit(train, dev, features=features)
     router.save(out)
     return TrainResult(router, out, time.perf_counter() - started)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall, make_engine
 from gateway.migrate import upgrade
-from gateway.records import DecisionRow
+from migrations.schema import DecisionRow
 
 
 def full_record(**overrides: object) -> DecisionRecord:

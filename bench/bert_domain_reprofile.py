@@ -4,7 +4,7 @@ The domain classifier is trained on the same queries and labels whatever the exp
 domain-to-expert quality tables and the threshold are refitted; then measured like routers_quick.py
 (train_seconds: this refit plus the small artifact's fine-tune).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/modem_reprofile.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bert_domain_reprofile.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from routers_quick import RESULTS, measure  # noqa: E402
 
 from routers import load_router  # noqa: E402
-from routers.modem import BertDomainRouter  # noqa: E402
+from routers.bert_domain import BertDomainRouter  # noqa: E402
 from routers.quality import profiles_of  # noqa: E402
 from training.dataset import load_dataset  # noqa: E402
 

@@ -15,12 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
-from routers.base import ExpertProfile, Manifest, Router, data_hash
+from routers.base import Router
 from routers.features import DEFAULT_KIND, QueryFeatures
+from routers.manifest import ExpertProfile, Manifest, data_hash
+
+if TYPE_CHECKING:
+    from routers.dataset import RoutingDataset
 
 FALLBACK_DOMAIN = "other"
 CLASSIFIER_FILE = "domain_classifier.npz"
@@ -67,6 +71,7 @@ def domain_routing(domains: Sequence[str], experts: Sequence[ExpertProfile]) -> 
 
 class EmbeddingDomainRouter(Router):
     family = "embedding-domain"
+    experts_from_config = True  # routes by the domains the gateway's experts declare, not the data's experts
 
     def __init__(
         self,
@@ -82,18 +87,17 @@ class EmbeddingDomainRouter(Router):
 
     def fit(
         self,
-        texts: Sequence[str],
-        domains: Sequence[str],
+        train: RoutingDataset,
+        dev: RoutingDataset,
         *,
-        dev_texts: Sequence[str] = (),
-        dev_domains: Sequence[str] = (),
         features: str = DEFAULT_KIND,
         regularization: float = 10.0,
         name: str = "embedding-domain",
     ) -> Self:
-        """Fit the domain classifier on (text, domain) pairs; score it on the dev pairs when given."""
+        """Fit the domain classifier on the train split's (query, domain) pairs; score it on dev's."""
         from sklearn.linear_model import LogisticRegression
 
+        texts, domains = train.queries.tolist(), train.domains.tolist()
         self.features = QueryFeatures.fit(features, texts)
         model = LogisticRegression(C=regularization, max_iter=3000)
         model.fit(self.features.of_training(texts), np.asarray(domains))
@@ -103,8 +107,8 @@ class EmbeddingDomainRouter(Router):
         self._routing = domain_routing(self.classifier.classes, self.experts)
 
         metrics: dict[str, float] = {"n_train": float(len(texts))}
-        if len(dev_texts):
-            metrics.update(self.evaluate(self.features.of_training(dev_texts), dev_domains))
+        if len(dev):
+            metrics.update(self.evaluate(self.features.of_training(dev.queries.tolist()), dev.domains.tolist()))
         self.manifest = Manifest(
             family=self.family,
             name=name,

@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from routers.base import ExpertProfile, Manifest
 from routers.encoder import Encoder, export_bert, onnx_runner
+from routers.features import DEFAULT_KIND
+from routers.manifest import ExpertProfile, Manifest
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_GRAPH = "classifier.onnx"  # in CLASSIFIER_DIR, beside the tokenizer.json it reads with
@@ -217,6 +218,7 @@ class BertDomainRouter(QualityRouter):
         *,
         epochs: int | None = None,
         classifier: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+        features: str = DEFAULT_KIND,
         name: str = "bert-domain",
     ) -> Self:
         """Fine-tune the domain classifier, then map domains to the experts' qualities.
@@ -225,6 +227,8 @@ class BertDomainRouter(QualityRouter):
         queries): the classifier knows nothing of the experts, so a new expert set needs new quality
         tables, not a new fine-tune.
         """
+        if features != DEFAULT_KIND:
+            raise ValueError("bert-domain reads queries with its own fine-tuned encoder: it takes no feature kind")
         if classifier is None:
             classes = sorted(set(train.domains.tolist()) - {""})
             if len(classes) < 2:

@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from routers.base import Decision, ExpertProfile, Manifest
-from routers.embedding import DomainClassifier
+from routers.base import Decision
+from routers.embedding_domain import DomainClassifier
 from routers.features import DEFAULT_KIND, QueryFeatures
+from routers.manifest import ExpertProfile, Manifest
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
 if TYPE_CHECKING:
+    from routers.dataset import RoutingDataset
     from routers.policy import CostPolicy
-    from training.dataset import RoutingDataset
 
 SKILLS_FILE = "skill_classifier.npz"
 PROFILES_FILE = "profiles.npz"

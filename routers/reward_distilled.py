@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
-from routers.base import ExpertProfile, Manifest
 from routers.features import DEFAULT_KIND, QueryFeatures
+from routers.manifest import ExpertProfile, Manifest
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 HEAD_FILE = "reward_head.npz"
 BETAS = (0.0, 0.5, 0.9)

@@ -1,0 +1,59 @@
+"""The one shape every router trains and is evaluated on, whatever the data's origin.
+
+A `RoutingDataset` holds, per query, a score for each expert's answer (the reward: correctness,
+a reward model's or a judge's grade, user feedback), each answer's cost, tags (subjects, skills)
+and an optional domain label. training/dataset.py loads the MMLU-Pro pool and a user's own JSONL
+into it, so other experts and other data need no code change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class RoutingDataset:
+    queries: np.ndarray  # str [n]
+    experts: tuple[str, ...]  # [m]
+    scores: np.ndarray  # float [n, m]: quality of each expert's answer, higher is better
+    costs: np.ndarray  # float [n, m]: USD that answer cost (zeros when unknown)
+    tags: tuple[tuple[str, ...], ...]  # [n]: e.g. (category, src subject)
+    domains: np.ndarray  # str [n]: label for domain routers ("" when unknown)
+    split: np.ndarray  # str [n]: train / dev / test
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def subset(self, rows: np.ndarray) -> RoutingDataset:
+        index = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows)
+        return replace(
+            self,
+            queries=self.queries[index],
+            scores=self.scores[index],
+            costs=self.costs[index],
+            tags=tuple(self.tags[i] for i in index),
+            domains=self.domains[index],
+            split=self.split[index],
+        )
+
+    def of_split(self, split: str) -> RoutingDataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+        return self.subset(self.split == split)
+
+    def with_experts(self, names: Sequence[str]) -> RoutingDataset:
+        """Only these experts' columns, in this order (e.g. the small-experts scenario)."""
+        missing = [n for n in names if n not in self.experts]
+        if missing:
+            raise ValueError(f"unknown experts {missing}; known: {list(self.experts)}")
+        cols = [self.experts.index(n) for n in names]
+        return replace(self, experts=tuple(names), scores=self.scores[:, cols], costs=self.costs[:, cols])
+
+    def mean_cost(self) -> np.ndarray:
+        """Per expert, the average cost of one answer: what cost-aware policies expect to pay."""
+        return self.costs.mean(axis=0)
