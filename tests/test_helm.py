@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,39 @@ def test_gpu_experts_request_their_gpus() -> None:
     for deployment in find(cpu, "Deployment", "expert"):
         container = pod_spec(deployment)["containers"][0]
         assert "vllm-cpu" in container["image"] and "nvidia.com/gpu" not in str(container["resources"])
+
+
+# Parses each argument list as `vllm serve` would (unknown flags and bad values fail) and prints what it read.
+VLLM_PARSE = """
+import json, sys
+import vllm
+from vllm.entrypoints.cli.serve import ServeSubcommand
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser(prog="vllm")
+ServeSubcommand().subparser_init(parser.add_subparsers(dest="subcommand"))
+print(json.dumps({"version": vllm.__version__}))
+for argv in json.loads(sys.argv[1]):
+    args = parser.parse_args(["serve", *argv])
+    print(json.dumps({"model": args.model_tag, "served": args.served_model_name, "port": args.port}))
+"""
+
+
+def test_expert_commands_parse_with_vllms_own_cli() -> None:
+    python = CHART.parents[1] / os.environ.get("MOE_VLLM_VENV", ".venv-vllm") / "bin" / "python"
+    if not python.exists():
+        pytest.skip("needs the vLLM virtualenv (make vllm)")
+    containers = [pod_spec(d)["containers"][0] for values in CASES
+                  for d in find(render(overlay(values)), "Deployment", "expert")]
+    assert all(c["command"] == ["vllm", "serve"] for c in containers)
+    done = subprocess.run([python, "-c", VLLM_PARSE, json.dumps([c["args"] for c in containers])],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    version, *parsed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert overlay(CHART / "values.yaml")["vllm"]["image"]["tag"] == f"v{version['version']}"
+    for container, read in zip(containers, parsed, strict=True):
+        assert read["model"] == container["args"][0]
+        assert read["port"] == next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+        assert read["served"] == [container["args"][container["args"].index("--served-model-name") + 1]]
 
 
 def _objects(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
