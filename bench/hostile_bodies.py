@@ -135,9 +135,8 @@ def main() -> None:
         upstream_v1 = start_upstream(procs)
         gateway = start_gateway(procs, gateway_config(upstream_v1, args.router), f"sqlite:///{work}/decisions.db")
         pid = procs.started["gateway"].pid
-        time.sleep(2)  # the body reader's worker starts in the background at startup
         with httpx.Client(timeout=120) as client:
-            # Warm: one small request routed and answered, one large body through the worker.
+            # Warm: one small request routed and answered, one large body (which starts the body reader's worker).
             for body in (json.dumps({"model": "moe-auto", "messages": [{"role": "user", "content": "hi"}]}).encode(),
                          bodies["one_4mb_message"]):
                 client.post(f"{gateway}/v1/chat/completions", content=body).raise_for_status()
@@ -166,7 +165,8 @@ def main() -> None:
                     "statuses": {str(k): v for k, v in sorted(statuses.items())},
                     "request_ms": {"p50": round(statistics.median(took), 1), "max": round(max(took), 1)},
                     "healthz_while_sent": summary(healthz),
-                    "rss_mb": {"before": before, "after_first": after[0], "after_last": after[-1]},
+                    "rss_mb": {"before": before, "after_first": after[0], "after_last": after[-1],
+                               "gateway_after_each": [r["gateway"] for r in after]},
                 }
                 console.print(name, json.dumps(results[name]))
     report = {

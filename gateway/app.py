@@ -101,7 +101,6 @@ def create_app(
             config, routers, decision_log, health, state, keys=keys, metrics=metrics,
             log_prompts=settings.moe_log_prompts, tracer=tracer,
         )
-        bodies.warm()
         # What start-up built (torch, litellm, the routers: ~480k objects) lives as long as the process, and a full
         # garbage collection scanning it held the event loop for ~300 ms. Frozen, collections scan only what
         # requests allocate.

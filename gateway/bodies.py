@@ -127,10 +127,6 @@ def _at(path: tuple[str, ...], message: str) -> str:
     return f"Invalid request{where}: {message}."
 
 
-def _started() -> None:
-    """Nothing: submitted to start the worker."""
-
-
 def _read_in_worker(raw: bytes, model: type[_M]) -> _M | BodyError:
     try:
         return read_body(raw, model)
@@ -139,14 +135,11 @@ def _read_in_worker(raw: bytes, model: type[_M]) -> _M | BodyError:
 
 
 class BodyReader:
-    """Reads bodies for the app: small ones inline, large ones in one worker process, started on first use."""
+    """Reads bodies for the app: small ones inline, large ones in one worker process, started on first use (it
+    takes about a second, once; a gateway that never sees a large body never starts it)."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
-
-    def warm(self) -> None:
-        """Start the worker now, in the background (about a second), rather than on the first large body."""
-        self._worker().submit(_started)
 
     def _worker(self) -> ProcessPoolExecutor:
         if self._pool is None:
