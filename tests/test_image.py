@@ -129,7 +129,7 @@ def values(image: str, upstream: str, port: int) -> dict[str, Any]:
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "secrets": {"existingSecret": SECRET},
         "redis": {"enabled": True},
-        "gateway": {"replicas": 1, "port": port, "drainSeconds": 5, "terminationGracePeriodSeconds": 10},
+        "gateway": {"replicas": 1, "port": port, "drainSeconds": 5, "terminationGracePeriodSeconds": 15},
         "routers": {"persistence": {"enabled": True, "existingClaim": "routers"}},
         "retrain": {"enabled": True, "dataClaim": "pool", "args": ["--limit", "200"]},
         "experts": [
