@@ -57,8 +57,9 @@ def test_configmap_loads_with_the_gateways_loader(values: Path | None, tmp_path:
     assert [e.name for e in config.experts] == [e["name"] for e in experts]
     services = {s["metadata"]["name"]: s for s in find(docs, "Service", "expert")}
     for spec, expert in zip(experts, config.experts, strict=True):
-        if "apiBase" in spec:
-            assert expert.api_base == spec["apiBase"]
+        if "model" not in spec:  # served elsewhere: called as the values say
+            assert (expert.api_base, expert.provider, expert.api_key_env) == \
+                (spec.get("apiBase"), spec.get("provider", "openai"), spec.get("apiKeyEnv"))
             continue
         # A served expert: the gateway asks the chart's Service for the name vLLM serves.
         host, port = expert.api_base.removeprefix("http://").removesuffix("/v1").split(":")
@@ -187,6 +188,14 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         assert closed or isinstance(obj.get("additionalProperties"), dict), f"{path or 'values'} accepts any key"
 
 
+def test_schema_knows_the_router_families() -> None:
+    from routers import FAMILIES
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    router = schema["routing"]["properties"]["routers"]["items"]["properties"]["family"]
+    assert set(router["enum"]) == set(schema["retrain"]["properties"]["family"]["enum"]) == set(FAMILIES)
+
+
 def test_readme_names_every_top_level_value() -> None:
     readme = (CHART.parents[1] / "README.md").read_text()
     section = readme[readme.index("## Kubernetes (Helm)"):]
@@ -212,7 +221,11 @@ BAD_VALUES = {
     "cpu-expert-with-gpu": (_expert(cpu=True), "cannot use gpu.count 1"),
     "tensor-parallel-beyond-gpus": (_expert(tensorParallelSize=4), "tensorParallelSize 4 needs as many GPUs"),
     "hf-model-without-cache": (_expert(cache={}), "an hf:// model needs a model cache"),
-    "model-and-api-base": (_expert(apiBase="http://x/v1"), "set exactly one of model"),
+    "model-and-api-base": (_expert(apiBase="http://x/v1"), "leave out apiBase and provider"),
+    "served-model-with-provider": (_expert(provider="litellm"), "leave out apiBase and provider"),
+    "hosted-expert-without-url": ({"experts": [{"name": "x", "servedModelName": "m"}]}, "set model (served by the chart) or apiBase"),
+    "api-key-not-from-the-secret": ({"experts": [{"name": "x", "apiBase": "https://x/v1", "apiKeyEnv": "X_KEY"}]},
+                                    "apiKeyEnv X_KEY must be one of secrets.extraEnvKeys"),
     "duplicate-expert": ({"experts": [*_expert()["experts"], *_expert()["experts"]]}, "is used twice"),
     "unknown-top-level-key": ({"replicaCount": 3}, "additional properties 'replicaCount' not allowed"),
     "renamed-key": ({"gateway": {"replicaCount": 3}}, "additional properties 'replicaCount' not allowed"),

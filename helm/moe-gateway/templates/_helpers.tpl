@@ -107,12 +107,12 @@ capabilities:
 {{- end }}
 {{- end -}}
 
-{{/* An expert served by the chart: its Service URL; else the apiBase it names. */}}
+{{/* An expert served by the chart: its Service URL; else the apiBase it names (none: litellm knows it). */}}
 {{- define "moe.expertApiBase" -}}
-{{- if .expert.apiBase -}}
-{{ .expert.apiBase }}
-{{- else -}}
+{{- if .expert.model -}}
 http://{{ include "moe.expertName" . }}:{{ .root.Values.vllm.port }}/v1
+{{- else -}}
+{{ .expert.apiBase | default "" }}
 {{- end -}}
 {{- end -}}
 
