@@ -167,3 +167,159 @@ def test_expected_cost_matches_the_manifests_costs_to_experts_by_name() -> None:
     assert expected_cost(experts, partial).tolist() == pytest.approx([9e-4, 2e-4, 1e-5])
     assert expected_cost(experts, Manifest("fixed", "fixed", "v1", "h", ["small", "mid", "big"])).tolist() == \
         pytest.approx([9e-4, 2e-4, 1e-5])
+
+
+def test_policy_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="lambda must be a finite number >= 0, not -1"):
+        CostPolicy(lam=-1)
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0, not inf"):
+        CostPolicy(margin=float("inf"))
+    with pytest.raises(ValueError, match=r"expected_cost has shape \(2,\), the quality \(3,\)"):
+        CostPolicy().rank(QUALITY[0], COST[:2])
+    with pytest.raises(ValueError, match="expected_cost has shape"):
+        CostPolicy().rank(QUALITY[0], 1e-3)  # one number for every expert is no cost per expert
+    with pytest.raises(ValueError, match="expected_cost has shape"):
+        CostPolicy().choose(QUALITY, np.tile(COST, (3, 1)))  # a cost row per query, but for three queries
+
+
+def test_margin_rule_takes_cheap_over_better_whatever_the_quality_gap() -> None:
+    # Both within the margin: the cheaper wins even though its quality is well below (0.55 vs 0.7).
+    assert CostPolicy(margin=0.2).choose(np.array([[0.7, 0.55]]), np.array([2e-4, 1e-4])).tolist() == [1]
+    # On the margin's edge (0.75 - 0.25 = 0.5, exactly): eligible.
+    quality, cost = np.array([0.75, 0.5]), np.array([1e-3, 1e-4])
+    assert CostPolicy(margin=0.25).choose(quality[None], cost).tolist() == [1]
+    assert CostPolicy(margin=0.25).rank(quality, cost).tolist() == [1, 0]
+
+
+def test_rank_keeps_the_configured_order_among_ties_however_many_experts() -> None:
+    rng = np.random.default_rng(0)
+    quality = np.round(rng.random(40), 1)  # many equal qualities
+    cost = np.full(40, 1e-4)
+    for policy in (CostPolicy(lam=0.5), CostPolicy(margin=0.0)):
+        ranked = policy.rank(quality, cost).tolist()
+        assert ranked == sorted(range(40), key=lambda i: -quality[i])  # sorted() is stable: ties by index
+
+
+def test_the_policy_takes_boolean_or_integer_predictions() -> None:
+    """Correctness flags (an oracle's, a classifier's) are predictions too."""
+    right = np.array([[True, False, True], [False, False, True]])
+    for quality in (right, right.astype(int)):
+        assert CostPolicy(lam=0.0).choose(quality, COST).tolist() == [0, 2]
+        assert CostPolicy(lam=1.0).choose(quality, COST).tolist() == [2, 2]
+        assert CostPolicy(margin=0.0).rank(quality[0], COST).tolist() == [2, 0, 1]
+        assert CostPolicy(lam=0.0).rank(quality[0], COST).tolist() == [0, 2, 1]
+        assert len(lambda_grid(quality, COST)) > 1
+
+
+def test_prices_become_usd_per_query_exactly() -> None:
+    experts = [ExpertProfile("a", 3.0), ExpertProfile("b", 0.15)]
+    assert expected_cost(experts, None).tolist() == pytest.approx([3e-3, 1.5e-4], rel=1e-12)
+
+
+def test_parse_knob_values_and_messages() -> None:
+    assert parse_knob("1.5") == CostPolicy(lam=1.5)
+    assert parse_knob("M2") == CostPolicy(margin=2.0)
+    assert parse_knob(".25") == CostPolicy(lam=0.25)
+    longest = "0." + "0" * 47 + "1"
+    assert len(longest) == 50 and parse_knob(longest) == CostPolicy(lam=1e-48)
+    with pytest.raises(ValueError, match="a knob has at most 50 characters"):
+        parse_knob(longest + "1")
+    with pytest.raises(ValueError, match=r"\(known: q90, q95\)"):
+        parse_knob("q99", {"q95": 0.4, "q90": 0.7})
+    with pytest.raises(ValueError, match=r"\(known: none: the router was not calibrated\)"):
+        parse_knob("q95", None)
+    with pytest.raises(ValueError, match=r"bad cost knob 'cheap': use a lambda \(0.3\)"):
+        parse_knob("cheap")
+
+
+def test_the_lambda_grid_has_no_more_points_than_asked() -> None:
+    rng = np.random.default_rng(1)
+    quality, cost = rng.random((300, 2)), rng.random((300, 2)) * 1e-3  # about 300 distinct crossings
+    for points in (5, 20, 200):
+        assert len(lambda_grid(quality, cost, points=points)) == points
+    assert len(lambda_grid(quality, cost)) == 200  # the default
+    assert lambda_grid(quality, np.full(2, 1e-3)).tolist() == [0.0]  # one price: nothing to trade
+
+
+def test_the_lambda_grid_reaches_every_choice_of_many_queries_and_ends_at_the_cheapest() -> None:
+    """60 queries, each with its own crossing: the grid samples every query's (below GRID_SAMPLE_ROWS rows)."""
+    rng = np.random.default_rng(2)
+    quality = np.stack([np.full(60, 0.9), 0.9 - rng.random(60) * 0.5], axis=1)
+    cost = np.stack([np.full(60, 1e-3), rng.random(60) * 5e-4], axis=1)
+    grid = lambda_grid(quality, cost)
+    seen = {tuple(CostPolicy(lam=float(lam)).choose(quality, cost)) for lam in grid}
+    assert len(seen) == 61  # all dear, then one query more to the cheap expert at each crossing
+    assert CostPolicy(lam=float(grid[-1])).choose(quality, cost).tolist() == [1] * 60
+
+
+def test_the_last_lambda_sends_everything_to_the_cheapest_even_past_a_crossing_of_one() -> None:
+    # Crossings at exactly 1.0 (0.25 quality for $0.25 per 1k queries) and at 0.2: the last lam must pass 1.0.
+    quality = np.array([[0.75, 0.5], [0.75, 0.7]])
+    cost = np.array([5e-4, 2.5e-4])
+    grid = lambda_grid(quality, cost)
+    assert CostPolicy(lam=float(grid[-1])).choose(quality, cost).tolist() == [1, 1]
+    # Crossings far apart (0.1 and 5): the last lam must pass the largest, not twice the next one.
+    quality = np.array([[0.75, 0.5], [0.75, 0.7], [0.8, 0.3]])
+    cost = np.array([[5e-4, 2.5e-4], [5e-4, 0.0], [2e-4, 1e-4]])
+    for points in (3, 200):  # with 3 points the grid holds only the smallest and the largest crossing
+        last = float(lambda_grid(quality, cost, points=points)[-1])
+        assert CostPolicy(lam=last).choose(quality, cost).tolist() == [1, 1, 1]
+
+
+def test_calibration_trades_against_the_expected_cost_it_is_given() -> None:
+    predicted, dev = synthetic_dev()
+    # Told both experts cost the same, cost cannot change a choice: every target gets lam 0.
+    same = calibrate(predicted, dev, {"q90": 0.9, "q100": 1.0}, expected_cost=np.full(2, 1e-3))
+    assert same == {"q90": 0.0, "q100": 0.0}
+    per_query = np.tile(dev.mean_cost(), (len(dev), 1))  # the same costs, given per query
+    assert calibrate(predicted, dev, {"q90": 0.9}, expected_cost=per_query) == calibrate(predicted, dev, {"q90": 0.9})
+
+
+def test_an_unreachable_target_gets_the_lambda_of_best_quality() -> None:
+    predicted, dev = synthetic_dev()
+    rows = np.arange(len(dev))
+    table = calibrate(predicted, dev, {"q200": 2.0})
+    qualities = {float(lam): dev.scores[rows, CostPolicy(lam=float(lam)).choose(predicted, dev.mean_cost())].mean()
+                 for lam in lambda_grid(predicted, dev.mean_cost())}
+    best = max(qualities.values())
+    assert qualities[table["q200"]] == best
+    assert table["q200"] == max(lam for lam, q in qualities.items() if q == best)  # ties: the larger lam
+
+
+def test_calibration_takes_the_cheapest_lambda_by_recorded_cost_among_those_reaching_each_target() -> None:
+    """The policy trades against expected costs, the table is judged on dev's recorded ones: they disagree here,
+    so a larger lam is not always cheaper and the cheapest setting must really be searched for."""
+    rng = np.random.default_rng(5)
+    n, m = 60, 3
+    scores = (rng.random((n, m)) < [0.8, 0.6, 0.4]).astype(float)
+    dev = RoutingDataset(
+        queries=np.array([f"q{i}" for i in range(n)], dtype=object), experts=("a", "b", "c"), scores=scores,
+        costs=[1e-3, 5e-4, 1e-4] * rng.uniform(0.5, 1.5, (n, m)), tags=((),) * n, domains=np.full(n, "", dtype=object),
+        split=np.full(n, "dev"),
+    )
+    predicted, expected = np.clip(scores + rng.normal(0, 0.3, scores.shape), 0, 1), rng.random((n, m)) * 1e-3
+    targets = {"q40": 0.4, "q60": 0.6, "q80": 0.8, "q100": 1.0}
+    table = calibrate(predicted, dev, targets, expected_cost=expected)
+    rows, best_single = np.arange(n), dev.scores.mean(axis=0).max()
+    settings = []
+    for lam in lambda_grid(predicted, expected):
+        chosen = CostPolicy(lam=float(lam)).choose(predicted, expected)
+        settings.append((dev.scores[rows, chosen].mean(), dev.costs[rows, chosen].mean(), float(lam)))
+    for name, fraction in targets.items():
+        reaching = [s for s in settings if s[0] >= fraction * best_single - 1e-12]
+        cheapest = min(s[1] for s in reaching)
+        assert table[name] == max(lam for q, c, lam in reaching if c == cheapest), name
+    assert len({table[name] for name in targets}) > 1
+
+
+def test_calibration_counts_a_setting_exactly_at_the_target_as_reaching_it() -> None:
+    # Both experts always right: every setting has exactly the best single expert's quality. The policy expects
+    # b to be the cheaper, but dev recorded it as the dearer: lam 0 (all to a) is the cheapest way to q100.
+    n = 10
+    dev = RoutingDataset(
+        queries=np.array([f"q{i}" for i in range(n)], dtype=object), experts=("a", "b"), scores=np.ones((n, 2)),
+        costs=np.tile([1e-4, 1e-3], (n, 1)), tags=((),) * n, domains=np.full(n, "", dtype=object),
+        split=np.full(n, "dev"),
+    )
+    predicted = np.tile([0.9, 0.8], (n, 1))
+    assert calibrate(predicted, dev, {"q100": 1.0}, expected_cost=np.array([1e-3, 1e-4])) == {"q100": 0.0}

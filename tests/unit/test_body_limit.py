@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.errors import BodyLimit
+from gateway.errors import BodyLimit, error_body, error_response
 
 LIMIT = 1000
 
@@ -18,6 +18,7 @@ class ReadsEverything:
         self.answered = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["path"] == "/v1/chat/completions"  # the request's own scope is passed on
         while True:
             message = await receive()
             self.received += len(message.get("body", b""))
@@ -60,6 +61,27 @@ async def send_body(app: Any, pieces: list[bytes], headers: list[tuple[bytes, by
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert len(starts) == 1, sent  # exactly one response, never two
     return starts[0]["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), read
+
+
+class AnswersFirst:
+    """An app that starts its reply before reading the body (a streamed answer, say)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"started", "more_body": True})
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.body", "body": b" and done"})
+
+
+class StartsThenReads:
+    """An app that sends its reply's start, then reads the body before sending anything else."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.body", "body": b"done"})
 
 
 def assert_413(status: int, body: bytes) -> None:
@@ -130,3 +152,64 @@ async def test_other_connections_pass_through_untouched() -> None:
 
     await BodyLimit(app, 10)({"type": "lifespan"}, receive, send)
     assert seen == ["lifespan"] and sent[0]["type"] == "lifespan.startup.complete"
+
+
+async def test_a_reply_already_started_is_not_followed_by_a_second_one() -> None:
+    """Once the app has begun answering, an over-long body can only cut the reply short, not start a 413."""
+    status, body, read = await send_body(AnswersFirst(), [b"x" * 600, b"x" * 600])  # one start only (send_body)
+    assert (status, body, read) == (200, b"started", 2)
+    status, body, _ = await send_body(AnswersFirst(), [b"x" * 600, b"x" * 400])
+    assert (status, body) == (200, b"started and done")
+
+
+async def test_the_413_is_json() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await BodyLimit(ReadsEverything(), 10)._reject(send)
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 413 and headers[b"content-type"] == b"application/json"
+    assert int(headers[b"content-length"]) == len(sent[1]["body"])
+
+
+def test_error_bodies_are_openai_shaped() -> None:
+    assert error_body(404, "No such model.", param="model", code="model_not_found") == {
+        "error": {"message": "No such model.", "type": "not_found_error", "param": "model", "code": "model_not_found"}}
+    assert error_body(500, "Oops.") == {"error": {"message": "Oops.", "type": "api_error", "param": None, "code": None}}
+    response = error_response(429, "Slow down.", param="messages", code="rate_limit_exceeded")
+    assert response.status_code == 429
+    assert json.loads(response.body) == {"error": {"message": "Slow down.", "type": "rate_limit_error",
+                                                   "param": "messages", "code": "rate_limit_exceeded"}}
+
+
+async def test_a_reply_started_without_a_body_yet_is_not_followed_by_a_413() -> None:
+    status, body, _ = await send_body(StartsThenReads(), [b"x" * 600, b"x" * 600])  # one start only (send_body)
+    assert (status, body) == (200, b"")
+
+
+async def test_the_413_goes_out_as_soon_as_the_app_answers_not_when_it_returns() -> None:
+    outer: list[dict[str, Any]] = []
+    seen_when_answering: list[list[int]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception:  # noqa: BLE001 - the aborted read
+            await send({"type": "http.response.start", "status": 400, "headers": []})
+            seen_when_answering.append([m["status"] for m in outer if m["type"] == "http.response.start"])
+            await send({"type": "http.response.body", "body": b"bad request"})
+
+    pieces = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2
+
+    async def receive() -> dict[str, Any]:
+        return pieces.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        outer.append(message)
+
+    await BodyLimit(app, LIMIT)({"type": "http", "headers": []}, receive, send)
+    assert seen_when_answering == [[413]]
+    assert [m["status"] for m in outer if m["type"] == "http.response.start"] == [413]

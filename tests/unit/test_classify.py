@@ -6,7 +6,7 @@ import litellm
 import pytest
 from litellm.exceptions import MidStreamFallbackError
 
-from experts.client import ExpertFailure, classify, with_system_prompt
+from experts.client import ExpertFailure, classify, status_failure, with_system_prompt
 from gateway.config import ExpertConfig
 
 
@@ -22,6 +22,7 @@ class StatusError(Exception):
 def test_client_errors_go_back_to_the_client(status: int) -> None:
     failure = classify(StatusError(status))
     assert (failure.kind, failure.status, failure.can_fall_back) == ("upstream_4xx", status, False)
+    assert str(failure) == "upstream said no"  # the upstream's words reach the client and the record
 
 
 def test_an_upstream_408_falls_back() -> None:
@@ -35,6 +36,7 @@ def test_an_upstream_408_falls_back() -> None:
 def test_server_errors_fall_back_as_a_502(status: int) -> None:
     failure = classify(StatusError(status))
     assert (failure.kind, failure.status, failure.can_fall_back) == ("upstream_5xx", 502, True)
+    assert str(failure) == "upstream said no"
 
 
 @pytest.mark.parametrize("exc", [TimeoutError("slow"), TimeoutError(),
@@ -42,6 +44,7 @@ def test_server_errors_fall_back_as_a_502(status: int) -> None:
 def test_timeouts_fall_back_as_a_504(exc: BaseException) -> None:
     failure = classify(exc)
     assert (failure.kind, failure.status, failure.can_fall_back) == ("timeout", 504, True)
+    assert str(failure) == str(exc).replace("\n", " ")[:500]
 
 
 @pytest.mark.parametrize("message", ["Cannot connect to host 127.0.0.1:9", "[Errno 111] Connection refused",
@@ -49,11 +52,13 @@ def test_timeouts_fall_back_as_a_504(exc: BaseException) -> None:
 def test_refused_connections_fall_back(message: str) -> None:
     failure = classify(StatusError(500, message))
     assert (failure.kind, failure.status, failure.can_fall_back) == ("refused", 502, True)
+    assert str(failure) == message
 
 
 def test_a_broken_stream_and_an_unreadable_reply_fall_back() -> None:
     broken = classify(MidStreamFallbackError("cut", model="m", llm_provider="hosted_vllm", generated_content=""))
     assert (broken.kind, broken.status, broken.can_fall_back) == ("broken_stream", 502, True)
+    assert "cut" in str(broken)
     for exc in (ValueError("not json"), StatusError("500")):  # type: ignore[arg-type]
         failure = classify(exc)
         assert (failure.kind, failure.status, failure.can_fall_back) == ("bad_response", 502, True)
@@ -64,6 +69,12 @@ def test_the_message_is_one_bounded_line_and_failures_pass_through() -> None:
     assert failure.args[0].startswith("line one line two") and len(failure.args[0]) == 500
     already = ExpertFailure("upstream_4xx", "kept", 400)
     assert classify(already) is already
+
+
+def test_a_status_that_is_no_error_is_an_unreadable_reply() -> None:
+    """What a client calling the expert natively gets for, say, a redirect it did not follow."""
+    failure = status_failure(302, "moved")
+    assert (failure.kind, failure.status, str(failure), failure.can_fall_back) == ("bad_response", 502, "moved", True)
 
 
 def expert(system_prompt: str | None) -> ExpertConfig:

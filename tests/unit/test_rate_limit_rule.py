@@ -95,3 +95,38 @@ async def test_a_key_without_limits_is_never_counted(clock: Clock) -> None:
 def test_redis_keys_are_per_prefix_key_and_window() -> None:
     limits = RateLimiter(SharedState(None, prefix="tenant-a"))
     assert limits._redis_key(7, 123) == "tenant-a:ratelimit:7:123"
+
+
+class RecordingState(SharedState):
+    """Redis as the limiter sees it: the scripts it is sent, answered as told (None: Redis is down)."""
+
+    def __init__(self, answer: object) -> None:
+        super().__init__(None, prefix="moe")
+        self.answer = answer
+        self.calls: list[tuple[str, list[str], list[object]]] = []
+
+    async def run_script(self, script: str, keys: list[str], args: list[object]) -> object:
+        self.calls.append((script, keys, args))
+        return self.answer
+
+
+async def test_redis_is_asked_to_count_in_this_windows_counter(clock: Clock) -> None:
+    state = RecordingState(answer=0)
+    limits = RateLimiter(state)
+    clock.now = WINDOW_START + 30.0
+    assert await limits.admit(7, rpm=5, tpm=None) is None
+    assert await limits.admit(8, rpm=None, tpm=100) is None
+    await limits.add_tokens(7, 42)
+    number = WINDOW_START // 60
+    assert state.calls == [
+        (rate_limit._ADMIT, [f"moe:ratelimit:7:{number}"], [5, 0, 120]),  # 0: unlimited; expiry: two windows
+        (rate_limit._ADMIT, [f"moe:ratelimit:8:{number}"], [0, 100, 120]),
+        (rate_limit._ADD_TOKENS, [f"moe:ratelimit:7:{number}"], [42, 120]),
+    ]
+    assert limits._local == {}  # Redis answered: nothing counted in this process
+
+
+@pytest.mark.parametrize(("verdict", "limit"), [(1, "requests"), (2, "tokens")])
+async def test_redis_verdicts_become_refusals(clock: Clock, verdict: int, limit: str) -> None:
+    limits = RateLimiter(RecordingState(answer=verdict))
+    assert await limits.admit(7, rpm=5, tpm=100) == Refusal(limit, 45)
