@@ -321,7 +321,10 @@ def main() -> None:
         wall_s = time.monotonic() - started
     elif (RESULTS / "mutation.json").is_file():
         wall_s = json.loads((RESULTS / "mutation.json").read_text()).get("wall_s")
-    data = report(collect(), wall_s, args.max_children)
+    statuses = collect()
+    if not statuses:
+        raise SystemExit("no mutmut results for the scope in mutants/: run `make mutation` (without --report-only)")
+    data = report(statuses, wall_s, args.max_children)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mutation.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     (RESULTS / "mutation.md").write_text(markdown(data))
