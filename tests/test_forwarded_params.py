@@ -27,8 +27,8 @@ FIELDS: dict[str, Any] = {
     "tools": [TOOL], "tool_choice": "auto", "seed": 7, "stop": ["\n\n", "END"], "top_p": 0.9, "temperature": 0.3,
     "presence_penalty": 0.5, "frequency_penalty": 0.25, "response_format": {"type": "text"},
     "logit_bias": {"50256": -100}, "logprobs": True, "top_logprobs": 2, "parallel_tool_calls": False, "n": 1,
+    "user": "tester",
 }
-# Not `user`: the gateway passes it on, but litellm drops it for hosted_vllm experts (vLLM ignores it anyway).
 
 
 class Recorder:
@@ -59,7 +59,7 @@ def test_sampling_and_tool_fields_reach_the_expert(recorded: tuple[Gateway, Reco
     client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
     reply = client.chat.completions.create(
         model="general", messages=[{"role": "user", "content": "Weather in Paris?"}], stream=stream,
-        max_completion_tokens=32, user="tester", **FIELDS,
+        max_completion_tokens=32, **FIELDS,
     )
     if stream:
         list(reply)
