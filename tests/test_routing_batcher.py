@@ -6,12 +6,14 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from gateway.routing import RoutingBatcher
 from routers.base import ExpertProfile, Manifest, Router
+from routers.dataset import RoutingDataset
 
 
 class GatedRouter(Router):
@@ -23,6 +25,9 @@ class GatedRouter(Router):
         super().__init__([ExpertProfile("a"), ExpertProfile("b")])
         self.gate = threading.Event()
         self.batches: list[list[str]] = []
+
+    def fit(self, train: RoutingDataset, dev: RoutingDataset, **params: Any) -> GatedRouter:
+        raise NotImplementedError
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if not self.batches:
