@@ -249,3 +249,14 @@ async def test_spill_files_and_dead_letters_are_stamped_in_utc(tmp_path: Path, f
     [letter] = dead_letters(url).values()
     failed_at = letter.failed_at if letter.failed_at.tzinfo else letter.failed_at.replace(tzinfo=UTC)
     assert abs(failed_at - before) < timedelta(minutes=1)
+
+
+def test_a_set_aside_error_text_holds_no_nul_and_is_cut_at_4000_characters(tmp_path: Path) -> None:
+    """A driver's message may quote the value at fault, a NUL included, which no PostgreSQL text column holds."""
+    url = f"sqlite:///{tmp_path / 'decisions.db'}"
+    upgrade(url)
+    log = DecisionLog(make_engine(url), tmp_path / "spill")
+    log._set_aside("quoted", "{}", ValueError("value a\x00b refused " + "x" * 5000))
+    error = dead_letters(url)["quoted"].error
+    assert error.startswith("ValueError: value a\\x00b refused xxx") and len(error) == 4000
+    assert log.dead_letters == 1
