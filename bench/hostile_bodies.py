@@ -125,11 +125,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="bodies of each shape, sent one after another")
     parser.add_argument("--router", type=Path, default=DEFAULT_ROUTER, help="trained router artifact to route with")
+    parser.add_argument("--only", nargs="+", metavar="SHAPE", help="send only these shapes (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile_bodies.json")
     args = parser.parse_args()
     stop_on_sigterm()
     version = router_version(args.router)
-    bodies = shapes()
+    bodies = {name: body for name, body in shapes().items() if not args.only or name in args.only}
     work = Path(tempfile.mkdtemp(prefix="moe-hostile-"))
     with Processes(work) as procs:
         upstream_v1 = start_upstream(procs)
@@ -138,7 +139,7 @@ def main() -> None:
         with httpx.Client(timeout=120) as client:
             # Warm: one small request routed and answered, one large body (which starts the body reader's worker).
             for body in (json.dumps({"model": "moe-auto", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-                         bodies["one_4mb_message"]):
+                         shapes()["one_4mb_message"]):
                 client.post(f"{gateway}/v1/chat/completions", content=body).raise_for_status()
             results: dict[str, Any] = {}
             idle = probed(f"{gateway}/healthz", lambda: time.sleep(PROBE_IDLE_S))
@@ -174,7 +175,8 @@ def main() -> None:
         "machine": machine(),
         "note": "prober, load, gateway and upstream share the machine's cores; /healthz is timed by a process of its own",
         "router": version,
-        "settings": {"repeats": args.repeats, "body_limit_bytes": LIMIT, "gateway": "moe serve, 1 worker, defaults"},
+        "settings": {"repeats": args.repeats, "body_limit_bytes": LIMIT, "gateway": "moe serve, 1 worker, defaults",
+                     "shapes": list(bodies)},
         "healthz_idle": summary(idle),
         "shapes": results,
     }
