@@ -10,6 +10,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall, make_e
 from gateway.migrate import upgrade
 from migrations.schema import DeadLetterRow, DecisionRow
 
+_Row = TypeVar("_Row", DecisionRow, DeadLetterRow)
 
 def full_record(**overrides: object) -> DecisionRecord:
     started = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -53,13 +55,17 @@ def test_only_datetimes_get_a_json_form_of_their_own() -> None:
         full_record(prompt=b"raw bytes").to_json()
 
 
-def rows(url: str) -> dict[str, DecisionRow]:
+def _by_id(url: str, table: type[_Row]) -> dict[str, _Row]:
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            return {row.id: row for row in session.scalars(select(DecisionRow))}
+            return {row.id: row for row in session.scalars(select(table))}
     finally:
         engine.dispose()
+
+
+def rows(url: str) -> dict[str, DecisionRow]:
+    return _by_id(url, DecisionRow)
 
 
 async def test_records_spilled_while_the_database_cannot_take_them_are_replayed_once(tmp_path: Path) -> None:
@@ -117,12 +123,7 @@ async def test_past_its_bound_the_buffer_spills_its_oldest_records(tmp_path: Pat
 
 
 def dead_letters(url: str) -> dict[str, DeadLetterRow]:
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            return {row.id: row for row in session.scalars(select(DeadLetterRow))}
-    finally:
-        engine.dispose()
+    return _by_id(url, DeadLetterRow)
 
 
 async def drain(url: str, spill: Path, *records: DecisionRecord, **options: object) -> DecisionLog:
