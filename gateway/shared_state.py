@@ -73,6 +73,9 @@ class SharedState:
         self.prefix = prefix
         self.redis_ok = False
         self._local = _LocalBreakers(self.breaker)
+        # Experts whose shared breaker state may be set (a failure recorded here, or a count or open flag seen by
+        # the last `open_breakers`): only their successes cost a Redis delete, not every answer's.
+        self._to_reset: set[str] = set()
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -148,6 +151,7 @@ class SharedState:
         return f"{self.prefix}:breaker:{expert}:failures", f"{self.prefix}:breaker:{expert}:open"
 
     async def record_failure(self, expert: str) -> None:
+        self._to_reset.add(expert)
         failures, opened = self._breaker_keys(expert)
         count = await self._call("incr", failures)
         if count is None:
@@ -161,12 +165,20 @@ class SharedState:
 
     async def record_success(self, expert: str) -> None:
         self._local.success(expert)
-        await self._call("delete", *self._breaker_keys(expert))
+        if expert in self._to_reset:
+            self._to_reset.discard(expert)
+            await self._call("delete", *self._breaker_keys(expert))
 
     async def open_breakers(self, experts: list[str]) -> set[str]:
-        """Which of `experts` have an open breaker right now."""
+        """Which of `experts` have an open breaker right now (and, on the way, which have any state to reset)."""
         if self.redis_ok:
-            flags = await self._call("mget", [self._breaker_keys(e)[1] for e in experts])
-            if flags is not None:
+            values = await self._call("mget", [key for e in experts for key in self._breaker_keys(e)])
+            if values is not None:
+                counted, flags = values[0::2], values[1::2]
+                for expert, count, flag in zip(experts, counted, flags, strict=True):
+                    if count or flag:
+                        self._to_reset.add(expert)
+                    else:
+                        self._to_reset.discard(expert)
                 return {e for e, flag in zip(experts, flags, strict=True) if flag}
         return {e for e in experts if self._local.is_open(e)}

@@ -53,3 +53,34 @@ async def test_a_success_closes_an_open_shared_breaker(replicas: tuple[SharedSta
     assert await a.open_breakers(["stem"]) == set()
     await a.record_failure("stem")
     assert await b.open_breakers(["stem"]) == set()
+
+
+async def test_a_success_costs_a_redis_delete_only_when_there_is_something_to_reset(
+    replicas: tuple[SharedState, SharedState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer used to await a delete of the expert's breaker keys before it went out."""
+    a, b = replicas
+    deletes: list[tuple[str, ...]] = []
+    original = a._call
+
+    async def counting(command: str, *args: object, **kwargs: object) -> object:
+        if command == "delete":
+            deletes.append(args)  # type: ignore[arg-type]
+        return await original(command, *args, **kwargs)
+
+    monkeypatch.setattr(a, "_call", counting)
+    assert await a.open_breakers(["stem", "general"]) == set()
+    await a.record_success("stem")
+    assert deletes == []  # nothing was set
+    await b.record_failure("stem")  # another replica's failure, seen by this one's next ranking
+    assert await a.open_breakers(["stem", "general"]) == set()
+    await a.record_success("stem")
+    assert len(deletes) == 1
+    await a.record_success("stem")
+    assert len(deletes) == 1  # cleared already
+    await b.record_failure("stem")
+    await b.record_failure("stem")
+    await b.record_failure("stem")  # opens it
+    assert await a.open_breakers(["stem"]) == {"stem"}
+    await a.record_success("stem")  # the half-open try answered: closed for every replica
+    assert len(deletes) == 2 and await b.open_breakers(["stem"]) == set()
