@@ -9,7 +9,7 @@ words and its log length, fitted on the training rows whose cost is known.
 
 On the pool (all seven experts, the reward-distilled router's qualities, test split), the best
 accuracy within 55% of Llama-3.1-70B's cost was 0.5245 trading against each expert's mean cost and
-0.5518 against this prediction (`/tmp/scratch/costmodel2.py`, lambda swept on test, not committed).
+0.5518 against this prediction (a throwaway script, lambda swept on test, not committed).
 """
 
 from __future__ import annotations

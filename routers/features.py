@@ -9,7 +9,7 @@ A kind is an encoder, optionally joined by `+lexical`:
   name a subject well ("torque", "tort"), which is what a static embedding blurs.
 
 On the pool's dev split a logistic regression over the 14 domains scored 0.789 on `contextual`,
-0.743 on `static` and 0.806 on `static+lexical` (`/tmp/scratch/static_q3.py`, not committed), so
+0.743 on `static` and 0.806 on `static+lexical` (a throwaway script, not committed), so
 routers default to `static+lexical`: better and about 30 times faster. The lexicon is fitted on a
 router's training texts and saved in its artifact; the encoders are shared.
 """
