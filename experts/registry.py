@@ -12,14 +12,16 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from routers.base import ExpertProfile
+from routers.manifest import ExpertProfile
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Config sections: an unknown key is an error (a typo must not pass silently), and loaded config never changes."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ExpertConfig(_Strict):
+class ExpertConfig(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")]
     provider: Literal["openai", "litellm"] = Field(
         "openai", description="openai: any OpenAI-compatible server, called natively; litellm: through litellm"
@@ -51,7 +53,7 @@ class ExpertConfig(_Strict):
         return ExpertProfile(self.name, self.price_per_mtok, self.domains, self.skills)
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     """A vLLM OpenAI server that `moe experts up` starts; experts whose api_base is its URL are served by it."""
 
     name: str
@@ -69,7 +71,7 @@ class ServerConfig(_Strict):
         return f"http://{self.host}:{self.port}/v1"
 
 
-class Fleet(_Strict):
+class Fleet(Strict):
     """The experts, and the vLLM servers started for some of them: what calling and launching experts need."""
 
     experts: Annotated[tuple[ExpertConfig, ...], Field(min_length=1)]

@@ -9,19 +9,15 @@ from pathlib import Path
 from typing import Annotated, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from experts.registry import ExpertConfig, Fleet
+from experts.registry import ExpertConfig, Fleet, Strict
 from routers import FAMILIES
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RouterConfig(_Strict):
+class RouterConfig(Strict):
     name: str
     artifact: Path = Field(description="trained artifact directory (relative to the working directory)")
     family: str = Field("embedding-domain", description="what `moe up` trains into `artifact` when it is missing")
@@ -34,7 +30,7 @@ class RouterConfig(_Strict):
         return family
 
 
-class _Budgeted(_Strict):
+class _Budgeted(Strict):
     """Several experts asked for one answer: how long they may take and what they may cost."""
 
     deadline_s: float = Field(30.0, gt=0, description="how long the experts may take; later answers are left out")
@@ -47,7 +43,7 @@ class _Recruiting(_Budgeted):
     k: int = Field(3, ge=2, description="experts recruited: the router's recruited set, else its top k")
 
 
-class _Weighted(_Strict):
+class _Weighted(Strict):
     """Experts naming a choice: how much each one's choice counts (the log-odds of its accuracy on dev
     questions) and how long each may answer."""
 
@@ -82,7 +78,7 @@ class CascadeConfig(_Budgeted, _Weighted):
     agree: int = Field(2, ge=1, description="called experts that must name one choice to stop; `<name>:<n>` per request")
 
 
-class VirtualModelConfig(_Strict):
+class VirtualModelConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob (a cascade: `agree`) per request
     router: str
     policy: str | None = Field(None, description="default cost knob, e.g. 0.3, m0.05 or q95 (see routers/policy.py)")

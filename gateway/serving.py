@@ -38,6 +38,7 @@ from gateway.keys import ApiKey, KeyGuard
 from gateway.logs import log_request
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
+from gateway.responses import REPLAY_FIRST, openai_chunk, openai_completion, openai_usage, replay, sse, usage_chunk
 from gateway.routing import RoutingBatcher
 from gateway.shared_state import SharedState
 from routers.base import Router
@@ -98,11 +99,6 @@ def _call_answered(call: ExpertCall, started: float, usage: Mapping[str, Any] | 
     call.status, call.latency_ms = "ok", _ms(started)
     usage = usage or {}
     call.prompt_tokens, call.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-
-
-def _sse(payload: Mapping[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
 
 
 class ChatService:
@@ -367,7 +363,7 @@ class ChatService:
         usage = answer.payload.get("usage") or {}
         record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         record.status, record.http_status = "ok", 200
-        return _openai_completion(answer.payload, record)
+        return openai_completion(answer.payload, record)
 
     def _new_record(
         self,
@@ -429,7 +425,7 @@ class ChatService:
         record.status, record.http_status = "ok", 200
         self._finish(record, usage, started)
         record.ttft_ms = record.upstream_ms
-        return _openai_completion(payload, record)
+        return openai_completion(payload, record)
 
     @staticmethod
     def _fail(record: DecisionRecord, error: APIError, status: str) -> None:
@@ -508,7 +504,7 @@ class ChatService:
         self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
     ) -> dict[str, Any]:
         if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
-            return _openai_completion(cached, record)
+            return openai_completion(cached, record)
         plan = await self._plan(target, body, messages, record)
         if plan.answer is not None:
             completion = self._answered(record, plan.answer)
@@ -557,13 +553,13 @@ class ChatService:
         self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
     ) -> _OpenStream:
         if target.use_cache and (cached := await self._cache_lookup(record)) is not None:
-            return _OpenStream(None, _replay(cached), _REPLAY_FIRST, time.perf_counter())
+            return _OpenStream(None, replay(cached), REPLAY_FIRST, time.perf_counter())
         plan = await self._plan(target, body, messages, record)
         if plan.answer is not None:  # complete already: cached now, then streamed as a cached answer is
             completion = self._answered(record, plan.answer)
             if target.use_cache:
                 await self._cache_store(record, completion)
-            return _OpenStream(None, _replay(completion), _REPLAY_FIRST, time.perf_counter())
+            return _OpenStream(None, replay(completion), REPLAY_FIRST, time.perf_counter())
         params = body.upstream_params()
 
         async def first_chunk(name: str) -> tuple[AsyncGenerator[dict[str, Any], None], dict[str, Any]]:
@@ -595,7 +591,7 @@ class ChatService:
             chunk: dict[str, Any] | None = opened.first
             while chunk is not None:
                 usage = chunk.get("usage") or usage
-                event = _openai_chunk(chunk, stream_id, record.chosen_expert or "")
+                event = openai_chunk(chunk, stream_id, record.chosen_expert or "")
                 if event is not None:
                     if record.ttft_ms is None:
                         record.ttft_ms = _ms(started)
@@ -604,17 +600,17 @@ class ChatService:
                         cacheable &= choice["index"] == 0 and "tool_calls" not in delta
                         text.append(delta.get("content") or "")
                         finish_reason = choice["finish_reason"] or finish_reason
-                    yield _sse(event)
+                    yield sse(event)
                 chunk = await anext(opened.chunks, None)
             if include_usage and usage:
-                yield _sse(_usage_chunk(stream_id, record.chosen_expert or "", usage))
-            yield _sse("[DONE]")
+                yield sse(usage_chunk(stream_id, record.chosen_expert or "", usage))
+            yield sse("[DONE]")
             record.status, record.http_status = "ok", 200
             if call is not None:
                 call.status = "ok"
                 if use_cache and cacheable:
                     message = {"role": "assistant", "content": "".join(text)}
-                    await self._cache_store(record, {"model": record.chosen_expert, "usage": _usage(usage),
+                    await self._cache_store(record, {"model": record.chosen_expert, "usage": openai_usage(usage),
                                                    "choices": [{"index": 0, "message": message,
                                                                 "finish_reason": finish_reason}]})
         except ExpertFailure as failure:
@@ -623,8 +619,8 @@ class ChatService:
                 call.status, call.error = failure.kind, str(failure)
                 await self.state.record_failure(call.expert)
             record.status, record.http_status, record.error = "stream_error", 502, str(failure)
-            yield _sse(error_body(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
-            yield _sse("[DONE]")
+            yield sse(error_body(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
+            yield sse("[DONE]")
         except asyncio.CancelledError:  # cancelled while it waited for the expert
             if record.status != "client_disconnected" or opened.client_gone:
                 raise
@@ -632,8 +628,8 @@ class ChatService:
             # still there, so the stream ends as any broken stream does, with an error event it can act on.
             record.status, record.http_status = "shutdown", 503
             _uncancel()
-            yield _sse(error_body(503, "The gateway is shutting down; retry the request.", code="shutting_down"))
-            yield _sse("[DONE]")
+            yield sse(error_body(503, "The gateway is shutting down; retry the request.", code="shutting_down"))
+            yield sse("[DONE]")
         except GeneratorExit:  # closed at a yield: the response is gone, nothing more can be sent
             if record.status == "client_disconnected" and not opened.client_gone:
                 record.status, record.http_status = "shutdown", 503
@@ -691,18 +687,6 @@ class _RelayResponse(StreamingResponse):
     async def listen_for_disconnect(self, receive: Receive) -> None:
         await super().listen_for_disconnect(receive)  # returns only on http.disconnect (else it is cancelled)
         self.opened.client_gone = True
-
-
-_REPLAY_FIRST: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
-
-
-async def _replay(completion: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-    """A complete answer (cached, voted) as the upstream chunks that would have carried it (after `_REPLAY_FIRST`)."""
-    choice = completion["choices"][0]
-    yield {"choices": [{"index": 0, "delta": {"content": choice["message"].get("content") or ""}}]}
-    yield {"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}
-    if completion.get("usage"):
-        yield {"choices": [], "usage": completion["usage"]}
 
 
 def _pick(answers: list[_Answer], vote: VoteConfig | CascadeConfig) -> _Answer:
@@ -769,67 +753,3 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-def _openai_completion(payload: dict[str, Any], record: DecisionRecord) -> dict[str, Any]:
-    choices = [
-        {
-            "index": c.get("index", i),
-            "message": {k: v for k, v in c.get("message", {}).items() if k in _MESSAGE_KEYS},
-            "finish_reason": c.get("finish_reason"),
-            "logprobs": c.get("logprobs"),
-        }
-        for i, c in enumerate(payload.get("choices", []))
-    ]
-    return {
-        "id": f"chatcmpl-{record.id}",
-        "object": "chat.completion",
-        "created": payload.get("created") or int(time.time()),
-        "model": record.chosen_expert,
-        "choices": choices,
-        "usage": _usage(payload.get("usage")),
-        "system_fingerprint": payload.get("system_fingerprint"),
-    }
-
-
-_MESSAGE_KEYS = {"role", "content", "tool_calls", "function_call", "refusal"}
-_DELTA_KEYS = {"role", "content", "tool_calls", "function_call", "refusal"}
-
-
-def _usage(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
-    if not usage:
-        return None
-    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return {k: int(usage.get(k) or 0) for k in keys}
-
-
-def _openai_chunk(chunk: Mapping[str, Any], stream_id: str, model: str) -> dict[str, Any] | None:
-    """An upstream chunk in OpenAI's shape; None for chunks that carry only usage."""
-    choices = [
-        {
-            "index": c.get("index", 0),
-            "delta": {k: v for k, v in (c.get("delta") or {}).items() if k in _DELTA_KEYS and v is not None},
-            "finish_reason": c.get("finish_reason"),
-            "logprobs": c.get("logprobs"),
-        }
-        for c in chunk.get("choices", [])
-        if c.get("delta") or c.get("finish_reason")
-    ]
-    if not choices:
-        return None
-    return {
-        "id": stream_id,
-        "object": "chat.completion.chunk",
-        "created": chunk.get("created") or int(time.time()),
-        "model": model,
-        "choices": choices,
-    }
-
-
-def _usage_chunk(stream_id: str, model: str, usage: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": stream_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [],
-        "usage": _usage(usage),
-    }

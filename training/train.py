@@ -18,6 +18,7 @@ import yaml
 from routers import ExpertProfile, Router, router_class
 from routers.dataset import RoutingDataset
 from routers.features import DEFAULT_KIND
+from routers.quality import profiles_of
 from training.dataset import load_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "gateway" / "default.yaml"
@@ -85,7 +86,7 @@ def train_router(
     if limit is not None:
         train = train.subset(stratified_sample(train.domains, limit))
         dev = dev.subset(stratified_sample(dev.domains, limit))
-    profiles = load_expert_profiles(config) if cls.experts_from_config else [ExpertProfile(n) for n in train.experts]
+    profiles = load_expert_profiles(config) if cls.experts_from_config else profiles_of(train)
     router = cls(profiles).fit(train, dev, features=features)
     router.save(out)
     return TrainResult(router, out, time.perf_counter() - started)
