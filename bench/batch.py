@@ -41,7 +41,7 @@ from gateway.batch import BatchService, Job, run_batch
 from gateway.config import GatewayConfig
 from gateway.migrate import upgrade
 from gateway.settings import Settings
-from tests.upstream import free_port
+from bench.upstream import free_port
 
 console = Console()
 SWAP_S = 0.1  # simulated model load (see the module docstring for why this value)

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.upstream import free_port  # noqa: E402
+from bench.upstream import free_port  # noqa: E402
 from training.pool import load_pool  # noqa: E402
 
 DEFAULT_ROUTER = ROOT / "var/routers/embedding-domain"
@@ -146,7 +146,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], procs: Processes, name: s
 def start_upstream(procs: Processes) -> str:
     """The scripted OpenAI-compatible upstream (echoes the prompt); returns its /v1 base URL."""
     port = free_port()
-    proc = procs.start("upstream", [sys.executable, "-m", "tests.upstream", "--port", str(port)],
+    proc = procs.start("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(port)],
                        {**os.environ, "PYTHONPATH": str(ROOT)})
     v1 = f"http://127.0.0.1:{port}/v1"
     wait_http(f"{v1}/models", proc, procs, "upstream")

@@ -5,7 +5,7 @@ llama-swap): requests are admitted in arrival order; one for a model other than 
 waits until the loaded model's requests in flight have finished, then pays the swap delay, and the
 requests behind it wait in line. An admitted request takes the generation time; requests for the
 loaded model run side by side, as a batching engine serves them. With --resident every model stays
-loaded (no waiting, no swaps): the always-loaded fleet. Answers are tests/upstream.py's echoes.
+loaded (no waiting, no swaps): the always-loaded fleet. Answers are bench/upstream.py's echoes.
 GET /stats counts requests and swaps (the first load counts as one).
 
     python bench/swap_upstream.py --port 9200 --swap-s 0.1 --gen-s 0.02 [--resident]
@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.upstream import chat as echo  # noqa: E402
-from tests.upstream import models  # noqa: E402
+from bench.upstream import chat as echo  # noqa: E402
+from bench.upstream import models  # noqa: E402
 
 
 class OneModelAtATime:

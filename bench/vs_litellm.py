@@ -212,7 +212,7 @@ def main() -> None:
             "load": {"generator": "bench/harness.py closed_loop (httpx, in the benchmark's process)",
                      "requests": args.requests, "warmup": args.warmup, "max_tokens": MAX_TOKENS, "stream": False,
                      "timeout_s": REQUEST_TIMEOUT_S, "prompts": "MMLU-Pro test questions"},
-            "upstream": "tests/upstream.py: echoes the prompt, one uvicorn process",
+            "upstream": "bench/upstream.py: echoes the prompt, one uvicorn process",
             "gateway": gateway_settings(max_concurrency),
             "litellm_proxy": proxy_settings,
         },

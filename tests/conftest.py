@@ -27,7 +27,7 @@ from gateway.config import GatewayConfig  # noqa: E402
 from gateway.migrate import upgrade  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from migrations.schema import DecisionRow  # noqa: E402
-from tests.upstream import free_port, serve_in_thread  # noqa: E402
+from bench.upstream import free_port, serve_in_thread  # noqa: E402
 
 _Row = TypeVar("_Row")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.upstream import free_port
+from bench.upstream import free_port
 
 LOOPBACK = "127.0.0.1"
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.upstream import free_port
+from bench.upstream import free_port
 
 
 class TcpProxy:

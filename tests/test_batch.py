@@ -1,6 +1,6 @@
 """`moe batch run` against the scripted upstream, with the decision log in the real PostgreSQL server.
 
-The upstream is tests/upstream.py's `chat` behind a recorder that keeps the order in which calls
+The upstream is bench/upstream.py's `chat` behind a recorder that keeps the order in which calls
 arrive, how often each prompt was answered, and can hold calls to simulate work in flight.
 """
 
@@ -35,7 +35,7 @@ from gateway.cli import app as cli
 from gateway.decision_log import DecisionRecord, ExpertCall
 from gateway.migrate import upgrade
 from routers.base import Router
-from tests import upstream
+from bench import upstream
 from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, expert, wait_for
 from tests.test_failures import REST, STEM
 
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Recorder:
-    """tests/upstream.py's chat, recording arrivals (model, prompt) and answers; can hold calls after the first N."""
+    """bench/upstream.py's chat, recording arrivals (model, prompt) and answers; can hold calls after the first N."""
 
     def __init__(self, answer_first: int | None = None) -> None:
         self.arrivals: list[tuple[str, str]] = []

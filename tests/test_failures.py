@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
-from tests.upstream import SLOW_S, app, models, serve_in_thread
+from bench.upstream import SLOW_S, app, models, serve_in_thread
 
 STEM = ["math", "physics", "chemistry", "engineering", "computer science"]
 REST = ["history", "philosophy", "law", "psychology", "business", "economics", "health", "biology", "other"]

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.config import GatewayConfig
-from tests import upstream
+from bench import upstream
 from tests.conftest import Gateway, expert, running_gateway
 
 TOOL = {"type": "function", "function": {"name": "weather", "description": "today's weather",

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from tests.chart import find, one, pod_spec, render
 from tests.conftest import MATH_QUESTION, fresh_redis_db
-from tests.upstream import free_port
+from bench.upstream import free_port
 from training.pool import default_pool_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway
 from tests.test_failures import REST, STEM
-from tests.upstream import ANTHROPIC_KEY, RECEIVED
+from bench.upstream import ANTHROPIC_KEY, RECEIVED
 
 
 @pytest.fixture

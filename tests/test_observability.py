@@ -22,7 +22,7 @@ from gateway.settings import Settings
 from tests.conftest import MATH_QUESTION, expert, routed_config, wait_for
 from tests.test_failures import REST, STEM
 from tests.test_shutdown import ROOT, moe_serve
-from tests.upstream import DRIP_S, free_port, serve_in_thread
+from bench.upstream import DRIP_S, free_port, serve_in_thread
 
 SECRET_KEY = f"sk-observability-{uuid.uuid4().hex}"
 

@@ -37,7 +37,7 @@ from tests.conftest import (
 from tests.servers import throwaway_postgres, throwaway_redis
 from tests.test_failures import REST, STEM
 from tests.test_shutdown import ROOT
-from tests.upstream import free_port
+from bench.upstream import free_port
 
 CLIENTS = 4
 
@@ -189,7 +189,7 @@ def test_killed_expert_falls_back_and_its_breaker_opens(
     upstream: str, router_artifact: Path, sqlite_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    stem_server = subprocess.Popen([sys.executable, "-m", "tests.upstream", "--port", str(port)], cwd=ROOT,
+    stem_server = subprocess.Popen([sys.executable, "-m", "bench.upstream", "--port", str(port)], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _listening(port), timeout_s=60, what="the stem expert's server")

@@ -24,7 +24,7 @@ import yaml
 from gateway.migrate import upgrade
 from tests.conftest import MATH_QUESTION, decisions, expert, wait_for
 from tests.test_failures import REST, STEM
-from tests.upstream import DRIP_S, free_port
+from bench.upstream import DRIP_S, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

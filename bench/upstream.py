@@ -10,7 +10,7 @@ test can tell which experts were called (and which never were).
 `POST /v1/messages` plays Anthropic's Messages API (the key it wants is ANTHROPIC_KEY): a provider that
 does not speak OpenAI's, for experts called through litellm.
 
-Run alone for the benchmark: `python -m tests.upstream --port 9100`.
+Run alone for the benchmark: `python -m bench.upstream --port 9100`.
 """
 
 from __future__ import annotations
