@@ -1,7 +1,7 @@
 """`moe batch run` grouped by expert vs the same batch in input order, on a SIMULATED on-demand fleet.
 
 2,000 requests (MMLU-Pro test questions), each naming one of two experts in a seeded random order
-(so consecutive requests often want different models), go through `gateway.batch.run_batch` twice
+(so consecutive requests often want different models), go through `gateway.batch.runner.run_batch` twice
 per fleet: grouped by expert (what `moe batch run` does) and in input order (the same code with
 `send` replaced by one pass in input order: same parsing, journal, decision records and
 concurrency). Requests name their expert, so no routing is timed: routing is the same work in both.
@@ -37,11 +37,11 @@ from harness import ROOT, Processes, command_line, machine, questions, stop_on_s
 from rich.console import Console
 from rich.table import Table
 
-from gateway.batch import BatchService, Job, run_batch
+from bench.upstream import free_port
+from gateway.batch.runner import BatchService, Job, run_batch
 from gateway.config import GatewayConfig
 from gateway.migrate import upgrade
 from gateway.settings import Settings
-from bench.upstream import free_port
 
 console = Console()
 SWAP_S = 0.1  # simulated model load (see the module docstring for why this value)

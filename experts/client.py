@@ -12,6 +12,7 @@ not speak the OpenAI API (`provider: litellm`), and litellm is imported only whe
 from __future__ import annotations
 
 import asyncio
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import httpx
 
 _T = TypeVar("_T")
+_LITELLM_PREFIX = re.compile(r"^(litellm\.\w+:\s*)?(\w+Exception\s+-\s+)?")
 _CONNECT_FAILURES = ("Cannot connect to host", "Connection refused", "ConnectError", "All connection attempts failed")
 FALLBACK_KINDS = frozenset({"timeout", "refused", "upstream_5xx", "bad_response", "broken_stream"})
 
@@ -53,7 +55,9 @@ def classify(exc: BaseException) -> ExpertFailure:
 
     if isinstance(exc, ExpertFailure):
         return exc
-    message = str(exc).replace("\n", " ")[:500]
+    # litellm prefixes its own class names ("litellm.BadRequestError: AnthropicException - ..."): the client gets
+    # the upstream's message, named by the expert where the client's callers catch it.
+    message = _LITELLM_PREFIX.sub("", str(exc).replace("\n", " "))[:500]
     if isinstance(exc, litellm.Timeout | TimeoutError | asyncio.TimeoutError):
         return ExpertFailure("timeout", message, 504)
     if isinstance(exc, MidStreamFallbackError):

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from experts.client import ExpertClient, classify, with_system_prompt
+from experts.client import ExpertClient, ExpertFailure, classify, with_system_prompt
 from experts.registry import ExpertConfig
 
 # litellm fetches a price map from the network at import unless told otherwise.
@@ -47,7 +47,12 @@ class LiteLLMClient(ExpertClient):
         try:
             return await litellm.acompletion(**kwargs)
         except Exception as exc:  # noqa: BLE001 - classified
-            raise classify(exc) from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: Exception) -> ExpertFailure:
+        """What went wrong, named by the expert (litellm's own class names left out)."""
+        failure = classify(exc)
+        return ExpertFailure(failure.kind, f"{self.expert.name}: {failure}", failure.status)
 
     async def complete(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
         kwargs = self._kwargs(messages, params)
@@ -68,7 +73,7 @@ class LiteLLMClient(ExpertClient):
                     except StopAsyncIteration:
                         return
                     except Exception as exc:  # noqa: BLE001 - classified
-                        raise classify(exc) from exc
+                        raise self._failure(exc) from exc
                     yield chunk.model_dump(exclude_none=True)
             finally:
                 # Closing the upstream response cancels the expert's generation too.

@@ -20,7 +20,7 @@ from training.cli import app as router_app
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from gateway.keys import KeyStore
+    from gateway.keys.store import KeyStore
 
 app = typer.Typer(help="Model-routing OpenAI-compatible gateway.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Decision-log database migrations.", no_args_is_help=True)
@@ -53,8 +53,8 @@ def serve(
     """Run the gateway (config from MOE_CONFIG, decision log at DATABASE_URL)."""
     import uvicorn
 
-    from gateway.app import StartupError, check_artifacts
-    from gateway.logs import logging_config
+    from gateway.observability.logs import logging_config
+    from gateway.services import StartupError, check_artifacts
 
     settings = Settings()
     # A bad config or a missing router stops here, in one clear line, not as a traceback in every worker (and
@@ -77,7 +77,7 @@ def serve(
 def serve_app() -> FastAPI:
     """`moe serve`'s app, built by uvicorn in each worker process from the environment (MOE_CONFIG...)."""
     from gateway.app import create_app
-    from gateway.logs import THIRD_PARTY_WARNING_ONLY
+    from gateway.observability.logs import THIRD_PARTY_WARNING_ONLY
 
     # uvicorn configured logging before importing the app, and with it litellm, which attaches its own
     # stderr handlers at import: drop them again, so that its lines go through ours as well.
@@ -197,7 +197,7 @@ def batch_run(
     """Route every request, then send each expert its requests together. Rerun after a kill to resume."""
     import asyncio
 
-    from gateway.batch import BatchError, run_batch
+    from gateway.batch.runner import BatchError, run_batch
 
     settings = Settings() if config is None else Settings(moe_config=config)
     gateway_config = _config_or_exit(settings)
@@ -233,8 +233,8 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
 def _key_store() -> Iterator[KeyStore]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.decision_log import make_engine
-    from gateway.keys import KeyStore
+    from gateway.decisions.log import make_engine
+    from gateway.keys.store import KeyStore
 
     settings = Settings()
     engine = make_engine(settings.database_url)
@@ -258,7 +258,7 @@ def keys_create(
     admin: Annotated[bool, typer.Option(help="may manage keys through /v1/admin/keys")] = False,
 ) -> None:
     """Create a key and print it: it is shown this once (stdout has only the key, for scripts)."""
-    from gateway.keys import NewKey
+    from gateway.keys.store import NewKey
 
     new = NewKey(name=name, tenant=tenant, rpm_limit=rpm, tpm_limit=tpm, budget_usd=budget_usd, admin=admin)
     with _key_store() as store:

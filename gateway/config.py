@@ -11,6 +11,7 @@ from typing import Annotated, Self
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from experts.combine import CascadeConfig, SynthesisConfig, VoteConfig
 from experts.registry import ExpertConfig, Fleet, Strict
 from routers import FAMILIES
 
@@ -28,54 +29,6 @@ class RouterConfig(Strict):
         if family not in FAMILIES:
             raise ValueError(f"unknown router family {family!r}; known: {sorted(FAMILIES)}")
         return family
-
-
-class _Budgeted(Strict):
-    """Several experts asked for one answer: how long they may take and what they may cost."""
-
-    deadline_s: float = Field(30.0, gt=0, description="how long the experts may take; later answers are left out")
-    max_cost_usd: float | None = Field(
-        None, gt=0, description="call experts in order while the router's expected USD per query of those called stays within this"
-    )
-
-
-class _Recruiting(_Budgeted):
-    k: int = Field(3, ge=2, description="experts recruited: the router's recruited set, else its top k")
-
-
-class _Weighted(Strict):
-    """Experts naming a choice: how much each one's choice counts (the log-odds of its accuracy on dev
-    questions) and how long each may answer."""
-
-    accuracy: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
-        default_factory=dict,
-        description="dev accuracy per expert; an expert left out votes as an average listed one; none listed: equal weights",
-    )
-    options: int = Field(10, ge=2, le=10, description="answer options per question (A..J at most), for the log-odds")
-    # A small expert that has not committed to a choice by a few hundred tokens is rarely right, and its ramble
-    # is what a cascade pays most for: cut, it abstains and the next expert is asked (bench/aggregation.py).
-    answer_max_tokens: int | None = Field(
-        None, ge=1, description="cut each expert's answer at this many tokens (the request's max_tokens, if lower, wins)"
-    )
-
-
-class SynthesisConfig(_Recruiting):
-    """Recruit several experts, then let an aggregator expert write the answer from theirs (Symbolic-MoE)."""
-
-    aggregator: str | None = Field(None, description="expert writing the final answer; default: the router's aggregator, else its top choice")
-
-
-class VoteConfig(_Recruiting, _Weighted):
-    """Recruit several experts; the answer is the heaviest one naming the weighted-majority choice."""
-
-
-class CascadeConfig(_Budgeted, _Weighted):
-    """Cheapest expert first; escalate until `agree` called experts name the same choice, then vote among them."""
-
-    order: Annotated[tuple[str, ...], Field(min_length=2)] | None = Field(
-        None, description="experts in calling order; default: every expert, cheapest expected cost first"
-    )
-    agree: int = Field(2, ge=1, description="called experts that must name one choice to stop; `<name>:<n>` per request")
 
 
 class VirtualModelConfig(Strict):

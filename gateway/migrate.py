@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
-from gateway.decision_log import make_engine
+from gateway.decisions.log import make_engine
 
 
 def alembic_config(database_url: str) -> Config:

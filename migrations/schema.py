@@ -87,7 +87,7 @@ class ApiKeyRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     tenant: Mapped[str] = mapped_column(String(200), index=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 hex, see gateway.keys
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 hex, see gateway/keys/store.py
     key_prefix: Mapped[str] = mapped_column(String(20))
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     rpm_limit: Mapped[int | None] = mapped_column(Integer)  # null: unlimited

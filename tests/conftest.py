@@ -22,12 +22,12 @@ from sqlalchemy import create_engine, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
+from bench.upstream import free_port, serve_in_thread  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.migrate import upgrade  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from migrations.schema import DecisionRow  # noqa: E402
-from bench.upstream import free_port, serve_in_thread  # noqa: E402
 
 _Row = TypeVar("_Row")
 

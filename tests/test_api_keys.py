@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from gateway.cli import app as cli
-from gateway.decision_log import make_engine
-from gateway.keys import SHOWN_CHARS, CreatedKey, KeyStore, NewKey, hash_key
+from gateway.decisions.log import make_engine
+from gateway.keys.store import SHOWN_CHARS, CreatedKey, KeyStore, NewKey, hash_key
 from gateway.migrate import alembic_config, downgrade, upgrade
 from migrations.schema import ApiKeyRow
 from tests.conftest import (

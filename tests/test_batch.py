@@ -30,12 +30,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from gateway.batch import Journal, answer_line, journal_path
+from bench import upstream
+from experts.pool import ExpertCall
+from gateway.batch.runner import Journal, answer_line, journal_path
 from gateway.cli import app as cli
-from gateway.decision_log import DecisionRecord, ExpertCall
+from gateway.decisions.record import DecisionRecord
 from gateway.migrate import upgrade
 from routers.base import Router
-from bench import upstream
 from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, expert, wait_for
 from tests.test_failures import REST, STEM
 

@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.shared_state import BreakerSettings, SharedState
+from experts.breaker import Breakers, BreakerSettings
+from gateway.shared_state import SharedState
 from tests.conftest import fresh_redis_db
 
 REDIS_DB = 13  # a database no other test uses
 
 
 @pytest.fixture
-async def replicas() -> AsyncIterator[tuple[SharedState, SharedState]]:
+async def replicas() -> AsyncIterator[tuple[Breakers, Breakers]]:
     """Two replicas' shared state on one Redis database; breakers open at the third failure within 30 s."""
     with fresh_redis_db(REDIS_DB) as url:
         settings = BreakerSettings(threshold=3, window_s=30.0, cooldown_s=30.0)
@@ -25,13 +26,13 @@ async def replicas() -> AsyncIterator[tuple[SharedState, SharedState]]:
             await state.start()
             assert state.redis_ok
         try:
-            yield states
+            yield states[0].breakers, states[1].breakers
         finally:
             for state in states:
                 await state.stop()
 
 
-async def test_a_success_clears_the_shared_failure_count(replicas: tuple[SharedState, SharedState]) -> None:
+async def test_a_success_clears_the_shared_failure_count(replicas: tuple[Breakers, Breakers]) -> None:
     a, b = replicas
     await a.record_failure("stem")
     await b.record_failure("stem")
@@ -44,7 +45,7 @@ async def test_a_success_clears_the_shared_failure_count(replicas: tuple[SharedS
     assert await a.open_breakers(["stem", "general"]) == {"stem"}
 
 
-async def test_a_success_closes_an_open_shared_breaker(replicas: tuple[SharedState, SharedState]) -> None:
+async def test_a_success_closes_an_open_shared_breaker(replicas: tuple[Breakers, Breakers]) -> None:
     a, b = replicas
     for state in (a, b, a):
         await state.record_failure("stem")
@@ -56,7 +57,7 @@ async def test_a_success_closes_an_open_shared_breaker(replicas: tuple[SharedSta
 
 
 async def test_a_success_costs_a_redis_delete_only_when_there_is_something_to_reset(
-    replicas: tuple[SharedState, SharedState], monkeypatch: pytest.MonkeyPatch
+    replicas: tuple[Breakers, Breakers], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every answer used to await a delete of the expert's breaker keys before it went out."""
     a, b = replicas

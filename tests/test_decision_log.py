@@ -13,7 +13,8 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
-from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
+from gateway.decisions.log import DecisionLog, make_engine
+from gateway.decisions.record import DecisionRecord
 from gateway.migrate import alembic_config, downgrade, upgrade
 from migrations.schema import DeadLetterRow
 from tests.conftest import (
@@ -110,13 +111,13 @@ def test_postgres_outage_loses_nothing(postgres_url: str, healthy_experts: list[
             proxy.down()
             during = [chat(gw.v1, HISTORY_QUESTION, stream=i % 2 == 0).headers["x-moe-decision-id"] for i in range(12)]
             # Reported, not required: the replica still serves, and says its log is waiting for the database.
-            wait_for(lambda: _readyz(gw)["database"] == {"reachable": False}, what="/readyz to see the database down")
+            wait_for(lambda: _readyz(gw)["decision_log"]["database_reachable"] is False, what="/readyz to see the database down")
             ready = httpx.get(f"{gw.base_url}/readyz", timeout=10)
             assert ready.status_code == 200 and ready.json()["decision_log"]["pending"] == 12
 
             proxy.up()
             wait_for(lambda: len(decisions(postgres_url)) == 15, timeout_s=30, what="records after the outage")
-            wait_for(lambda: _readyz(gw)["database"] == {"reachable": True}, what="/readyz to see the database back")
+            wait_for(lambda: _readyz(gw)["decision_log"]["database_reachable"] is True, what="/readyz to see the database back")
     assert sorted(r.id for r in decisions(postgres_url)) == sorted(before + during)
 
 
@@ -146,7 +147,7 @@ def test_overflow_spills_to_disk_and_replays_without_duplicates(postgres_url: st
 
 def test_replaying_a_file_twice_duplicates_nothing(sqlite_url: str, healthy_experts: list[dict[str, Any]], router_artifact: Path, tmp_path: Path) -> None:
     """A crash between writing a replayed file and deleting it must not double-count on restart."""
-    from gateway.decision_log import DecisionRecord
+    from gateway.decisions.record import DecisionRecord
 
     config = routed_config(healthy_experts, router_artifact)
     with running_gateway(config, sqlite_url, tmp_path) as gw:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from training.baselines import build_baselines
 from routers.dataset import RoutingDataset
+from training.baselines import build_baselines
 from training.evaluate import (
     Setting,
     accuracy_at,

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
 from bench.upstream import SLOW_S, app, models, serve_in_thread
+from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
 
 STEM = ["math", "physics", "chemistry", "engineering", "computer science"]
 REST = ["history", "philosophy", "law", "psychology", "business", "economics", "health", "biology", "other"]

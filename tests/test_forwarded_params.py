@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.config import GatewayConfig
 from bench import upstream
+from gateway.config import GatewayConfig
 from tests.conftest import Gateway, expert, running_gateway
 
 TOOL = {"type": "function", "function": {"name": "weather", "description": "today's weather",

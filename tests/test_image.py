@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from bench.upstream import free_port
 from tests.chart import find, one, pod_spec, render
 from tests.conftest import MATH_QUESTION, fresh_redis_db
-from bench.upstream import free_port
 from training.pool import default_pool_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ from typing import Any
 import openai
 import pytest
 
+from bench.upstream import ANTHROPIC_KEY, RECEIVED
 from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway
 from tests.test_failures import REST, STEM
-from bench.upstream import ANTHROPIC_KEY, RECEIVED
 
 
 @pytest.fixture
@@ -59,7 +59,10 @@ def test_a_key_the_provider_refuses_goes_back_to_the_client_without_fallback(exp
     monkeypatch.setenv("MOE_TEST_ANTHROPIC_KEY", "sk-ant-wrong")
     with running_gateway(routed_config(experts, router_artifact), sqlite_url, tmp_path) as gw:
         client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as refused:
             client.chat.completions.create(model="moe-auto", messages=[{"role": "user", "content": MATH_QUESTION}])
+    # The client reads which expert refused and the provider's own words, not litellm's class names.
+    message = refused.value.body["message"]  # type: ignore[index]
+    assert "claude:" in message and "litellm." not in message and "Exception - " not in message
     [record] = decisions(sqlite_url)
     assert [(c.expert, c.status) for c in record.calls] == [("claude", "upstream_4xx")]

@@ -16,13 +16,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from bench.upstream import DRIP_S, free_port, serve_in_thread
 from gateway.app import create_app
 from gateway.migrate import upgrade
 from gateway.settings import Settings
 from tests.conftest import MATH_QUESTION, expert, routed_config, wait_for
 from tests.test_failures import REST, STEM
 from tests.test_shutdown import ROOT, moe_serve
-from bench.upstream import DRIP_S, free_port, serve_in_thread
 
 SECRET_KEY = f"sk-observability-{uuid.uuid4().hex}"
 
@@ -86,7 +86,7 @@ def test_text_log_format() -> None:
     """MOE_LOG_FORMAT=text: the same loggers, one readable line each (checked in a fresh process)."""
     script = (
         "import logging, logging.config\n"
-        "from gateway.logs import logging_config\n"
+        "from gateway.observability.logs import logging_config\n"
         "logging.config.dictConfig(logging_config('text'))\n"
         "logging.getLogger('uvicorn.error').info('Application startup complete.')\n"
         "logging.getLogger('gateway.access').info('chat %s', 'moe-auto', extra={'decision_id': 'd1'})\n"

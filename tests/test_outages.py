@@ -25,6 +25,7 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.upstream import free_port
 from tests.conftest import (
     MATH_QUESTION,
     Gateway,
@@ -37,7 +38,6 @@ from tests.conftest import (
 from tests.servers import throwaway_postgres, throwaway_redis
 from tests.test_failures import REST, STEM
 from tests.test_shutdown import ROOT
-from bench.upstream import free_port
 
 CLIENTS = 4
 
@@ -132,7 +132,7 @@ def test_postgres_restart_mid_run_answers_everything_and_loses_no_record(
             # More than were in flight when it stopped: some requests were sent and served while it was down.
             load.wait_for_answers(CLIENTS + 1, timeout_s=5, what="answers while PostgreSQL is down")
             # Still ready, and still alive: the log buffers, so taking the replica out would only make it an outage.
-            wait_for(lambda: readyz(gw)["database"] == {"reachable": False}, timeout_s=10,
+            wait_for(lambda: readyz(gw)["decision_log"]["database_reachable"] is False, timeout_s=10,
                      what="/readyz to report the database down")
             ready = httpx.get(f"{gw.base_url}/readyz", timeout=10)
             assert ready.status_code == 200 and ready.json()["ready"] is True
@@ -143,7 +143,7 @@ def test_postgres_restart_mid_run_answers_everything_and_loses_no_record(
             postgres.start()
             load.wait_for_answers(8, what="answers after the outage")
         assert_every_request_recorded(load, postgres.url)
-        wait_for(lambda: readyz(gw)["database"] == {"reachable": True}, what="/readyz to report the database back")
+        wait_for(lambda: readyz(gw)["decision_log"]["database_reachable"] is True, what="/readyz to report the database back")
         assert metric(gw, "llm_decision_log_pending") == 0
         assert metric(gw, "llm_decision_log_backlog_age_seconds") == 0
 

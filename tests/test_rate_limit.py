@@ -14,7 +14,7 @@ import openai
 import pytest
 import redis
 
-from gateway.rate_limit import RateLimiter, Refusal
+from gateway.keys.rate_limit import RateLimiter, Refusal
 from gateway.shared_state import SharedState
 from tests.conftest import MATH_QUESTION, REDIS_HOST, REDIS_PORT, fresh_redis_db, routed_config, running_gateway
 from tests.tcp_proxy import tcp_proxy

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.routing import RoutingBatcher
+from gateway.chat.routing import RoutingBatcher
 from routers.base import ExpertProfile, Manifest, Router
 from routers.dataset import RoutingDataset
 

@@ -21,10 +21,10 @@ import httpx
 import openai
 import yaml
 
+from bench.upstream import DRIP_S, free_port
 from gateway.migrate import upgrade
 from tests.conftest import MATH_QUESTION, decisions, expert, wait_for
 from tests.test_failures import REST, STEM
-from bench.upstream import DRIP_S, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from bench.upstream import free_port
 from gateway.config import DEFAULT_CONFIG, SynthesisConfig, VirtualModelConfig, load_config
 from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, running_gateway, wait_for
-from bench.upstream import free_port
 from tests.vllm_server import vllm_server
 
 pytestmark = pytest.mark.vllm

@@ -1,11 +1,12 @@
-"""gateway/errors.py's BodyLimit middleware, driven as ASGI: the declared length, the running total, the 413."""
+"""gateway/middleware.py's BodyLimit middleware, driven as ASGI: the declared length, the running total, the 413."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from gateway.errors import BodyLimit, error_body, error_response
+from gateway.errors import error_body, error_response
+from gateway.middleware import BodyLimit
 
 LIMIT = 1000
 

@@ -1,4 +1,4 @@
-"""gateway/decision_log.py without a database server: a record's JSON form, and spilled records replayed
+"""gateway/decisions/log.py without a database server: a record's JSON form, and spilled records replayed
 into SQLite (a file in a temporary folder) once the database can take them."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.decision_log import DecisionLog, DecisionRecord, ExpertCall, make_engine
+from experts.pool import ExpertCall
+from gateway.decisions.log import DecisionLog, make_engine
+from gateway.decisions.record import DecisionRecord
 from gateway.migrate import upgrade
 from migrations.schema import DeadLetterRow, DecisionRow
 
@@ -140,7 +142,7 @@ async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_are_writt
 ) -> None:
     url = f"sqlite:///{tmp_path / 'decisions.db'}"
     upgrade(url)
-    caplog.set_level(logging.INFO, logger="gateway.decision_log")
+    caplog.set_level(logging.INFO, logger="gateway.decisions.log")
     refused = full_record(id="refused", requested_model=None, calls=[])  # NOT NULL in the schema
     records = [full_record(id=f"r{i}", calls=[]) for i in range(4)]
     log = await drain(url, tmp_path / "spill", records[0], records[1], refused, records[2], records[3])
@@ -175,7 +177,7 @@ async def test_every_refused_record_is_counted_and_one_that_cannot_be_set_aside_
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE decision_dead_letters")
     engine.dispose()
-    caplog.set_level(logging.INFO, logger="gateway.decision_log")
+    caplog.set_level(logging.INFO, logger="gateway.decisions.log")
     third = full_record(id="refused3", requested_model=None, calls=[])
     log = await drain(url, tmp_path / "spill", third, full_record(id="ok2", calls=[]))
     assert "ok2" in rows(url) and log.dead_letters == 1 and log.db_ok  # the database answers: not an outage
@@ -189,7 +191,7 @@ async def test_a_spilled_line_that_is_no_record_is_set_aside_once(tmp_path: Path
     upgrade(url)
     spill = tmp_path / "deep" / "spill"  # created, parents and all, when first needed
     writer = DecisionLog(make_engine(url), spill)
-    caplog.set_level(logging.INFO, logger="gateway.decision_log")
+    caplog.set_level(logging.INFO, logger="gateway.decisions.log")
     writer._spill([full_record(id="a"), full_record(id="b")])
     [path] = writer.spilled_files()
     assert f"decision log: spilled 2 records to {path}" in caplog.messages

@@ -1,10 +1,10 @@
-"""gateway/protocol.py: which request fields reach the expert, with the values the client sent."""
+"""gateway/chat/protocol.py: which request fields reach the expert, with the values the client sent."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.protocol import ChatCompletionRequest
+from gateway.chat.protocol import ChatCompletionRequest
 
 TOOL = {"type": "function", "function": {"name": "weather", "description": "today's weather",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}

@@ -1,11 +1,11 @@
-"""gateway/keys.py: what a key is stored and looked up as."""
+"""gateway/keys/store.py: what a key is stored and looked up as."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 
-from gateway.keys import KEY_PREFIX, SHOWN_CHARS, hash_key
+from gateway.keys.store import KEY_PREFIX, SHOWN_CHARS, hash_key
 
 
 def new_key() -> str:

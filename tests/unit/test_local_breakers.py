@@ -1,11 +1,11 @@
-"""gateway/shared_state.py's circuit breakers as kept in this process (no Redis configured)."""
+"""experts/breaker.py's circuit breakers as kept in this process (no Redis configured, or Redis down)."""
 
 from __future__ import annotations
 
 import pytest
 
-import gateway.shared_state as shared_state
-from gateway.shared_state import BreakerSettings, SharedState
+import experts.breaker as breaker
+from experts.breaker import Breakers, BreakerSettings
 
 
 class Clock:
@@ -19,15 +19,15 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(shared_state.time, "monotonic", clock)
+    monkeypatch.setattr(breaker.time, "monotonic", clock)
     return clock
 
 
-def state(threshold: int = 3, window_s: float = 10.0, cooldown_s: float = 30.0) -> SharedState:
-    return SharedState(None, breaker=BreakerSettings(threshold=threshold, window_s=window_s, cooldown_s=cooldown_s))
+def state(threshold: int = 3, window_s: float = 10.0, cooldown_s: float = 30.0) -> Breakers:
+    return Breakers(None, BreakerSettings(threshold=threshold, window_s=window_s, cooldown_s=cooldown_s))
 
 
-async def fail(shared: SharedState, expert: str, times: int) -> None:
+async def fail(shared: Breakers, expert: str, times: int) -> None:
     for _ in range(times):
         await shared.record_failure(expert)
 

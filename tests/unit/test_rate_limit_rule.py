@@ -1,4 +1,4 @@
-"""gateway/rate_limit.py's rule, counted in this process (no Redis configured): windows, limits, Retry-After."""
+"""gateway/keys/rate_limit.py's rule, counted in this process (no Redis configured): windows, limits, Retry-After."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-import gateway.rate_limit as rate_limit
-from gateway.rate_limit import RateLimiter, Refusal
+import gateway.keys.rate_limit as rate_limit
+from gateway.keys.rate_limit import RateLimiter, Refusal
 from gateway.shared_state import SharedState
 
 WINDOW_START = 60 * 29_000_000  # a minute boundary

@@ -12,7 +12,7 @@ import time
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from gateway.decision_log import make_engine
+from gateway.decisions.log import make_engine
 from gateway.migrate import upgrade
 
 

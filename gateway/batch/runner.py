@@ -6,7 +6,7 @@ together loads each model once per pass, as Symbolic-MoE batches the queries of 
 
 1. Parse every line (an OpenAI Batch API line or a bare chat body); a bad line gets its own error.
 2. Route every request before any expert is called (the gateway's routers and virtual models; a
-   request naming an expert skips routing), all at once through the gateway's own `_route`, whose
+   request naming an expert skips routing), all at once through the gateway's own `ChatService.route`, whose
    batcher routes up to 32 queued queries in one forward pass.
 3. Send: per server (api_base), one expert's requests at a time with at most `concurrency` in
    flight; different servers in parallel. A request whose expert fails in a way that allows
@@ -28,135 +28,23 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from experts.client import ExpertFailure
-from experts.health import HealthMonitor
-from gateway.app import StartupError, load_routers
-from gateway.bodies import BodyError, bad_request, parsed_body
+from experts.pool import Answer
+from gateway.batch.journal import BatchError, Journal, LineError, answer_line, error_line, parse_line, validate_body
+from gateway.chat.protocol import ChatCompletionRequest
+from gateway.chat.serving import all_failed
+from gateway.chat.targets import Target
 from gateway.config import GatewayConfig
-from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
+from gateway.decisions.record import DecisionRecord
 from gateway.errors import APIError
-from gateway.keys import KeyGuard, KeyStore
-from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest
-from gateway.rate_limit import RateLimiter
-from gateway.serving import ChatService, Target
+from gateway.observability.metrics import GatewayMetrics
+from gateway.services import Services, StartupError, load_routers
 from gateway.settings import Settings
-from gateway.shared_state import SharedState
-
-CHAT_URL = "/v1/chat/completions"
-
-
-class BatchError(Exception):
-    """The batch cannot run at all (as opposed to one bad line); the message says what to do."""
-
-
-class LineError(Exception):
-    """A line that is no chat request: reported in that line's `error`, the batch goes on."""
-
-    def __init__(self, code: str, message: str, custom_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.custom_id = custom_id
-
-
-# -- input and output lines ---------------------------------------------------------------------
-def parse_line(raw: bytes, number: int) -> tuple[str, dict[str, Any]]:
-    """(custom_id, chat body) of one line; bare bodies are named `line-<number>`."""
-    try:
-        line = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LineError("invalid_json", f"line {number} is not valid JSON: {exc}") from None
-    if not isinstance(line, dict):
-        raise LineError("invalid_line", f"line {number} is not a JSON object")
-    if "body" not in line and "custom_id" not in line:
-        return f"line-{number}", line
-    custom_id = line.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        raise LineError("invalid_custom_id", f"line {number}: custom_id must be a non-empty string")
-    if line.get("method", "POST") != "POST" or line.get("url", CHAT_URL) != CHAT_URL:
-        raise LineError("unsupported_url", f"line {number}: only POST {CHAT_URL} is supported", custom_id)
-    if not isinstance(line.get("body"), dict):
-        raise LineError("invalid_body", f"line {number}: body must be a JSON object", custom_id)
-    return custom_id, line["body"]
-
-
-def validate_body(body: dict[str, Any]) -> ChatCompletionRequest:
-    """The body as the gateway would read it, or the 400 the gateway would answer."""
-    try:
-        # A batch answer is one body: a `stream` flag is ignored (and not recorded as a streamed request).
-        return parsed_body({**body, "stream": False, "stream_options": None}, ChatCompletionRequest)
-    except BodyError as error:
-        raise bad_request(error) from None
-
-
-def answer_line(custom_id: str, request_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's Batch output line for a request that got an HTTP answer (an error status included)."""
-    return {
-        "id": f"batch_req_{request_id}",
-        "custom_id": custom_id,
-        "response": {"status_code": status, "request_id": request_id, "body": body},
-        "error": None,
-    }
-
-
-def error_line(custom_id: str | None, number: int, code: str, message: str) -> dict[str, Any]:
-    """OpenAI's Batch output line for a line that never became a request."""
-    return {
-        "id": f"batch_req_{uuid.uuid4()}",
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message, "line": number},
-    }
-
-
-# -- the journal --------------------------------------------------------------------------------
-class Journal:
-    """OUT.partial: a header naming the input, then one entry per finished request, appended as it finishes.
-
-    Each entry is flushed to the OS as soon as it is written, which is what survives a SIGKILL
-    (fsync would only add protection against power loss, at a cost per request).
-    """
-
-    def __init__(self, path: Path, input_sha256: str) -> None:
-        self.path = path
-        self.entries: dict[int, dict[str, Any]] = {}  # line number -> {"line", "output", "record"}
-        if path.exists():
-            self._load(input_sha256)
-        else:
-            path.write_text(json.dumps({"input_sha256": input_sha256}) + "\n")
-        self._file: IO[bytes] = path.open("ab")
-
-    def _load(self, input_sha256: str) -> None:
-        data = self.path.read_bytes()
-        *complete, torn = data.split(b"\n")
-        if torn:  # a kill in the middle of a write leaves a last line without its newline
-            with self.path.open("r+b") as fh:
-                fh.truncate(len(data) - len(torn))
-        if not complete:
-            self.path.write_text(json.dumps({"input_sha256": input_sha256}) + "\n")
-            return
-        if json.loads(complete[0]).get("input_sha256") != input_sha256:
-            raise BatchError(f"{self.path} belongs to another input file; delete it to start this batch afresh")
-        for raw in complete[1:]:
-            entry = json.loads(raw)
-            self.entries[entry["line"]] = entry
-
-    def append(self, number: int, output: dict[str, Any], record: DecisionRecord | None) -> None:
-        entry = {"line": number, "output": output, "record": json.loads(record.to_json()) if record else None}
-        self._file.write((json.dumps(entry, separators=(",", ":")) + "\n").encode())
-        self._file.flush()
-        self.entries[number] = entry
-
-    def records(self) -> list[DecisionRecord]:
-        return [DecisionRecord.from_json(json.dumps(e["record"])) for e in self.entries.values() if e["record"]]
-
-    def close(self) -> None:
-        self._file.close()
 
 
 # -- sending ------------------------------------------------------------------------------------
@@ -179,24 +67,26 @@ class Job:
         return self.candidates[len(self.record.calls)]
 
 
-class BatchService(ChatService):
-    """The gateway's ChatService answering a file: the same routing, expert clients and records."""
+class BatchService:
+    """Answering a file with the gateway's services: the same routing, expert pool and records."""
 
-    def __init__(self, *args: Any, journal: Journal, concurrency: int, progress: Progress, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, services: Services, *, journal: Journal, concurrency: int, progress: Progress) -> None:
+        self.services = services
+        self.chat = services.chat
         self.journal = journal
         self.concurrency = concurrency
         self.progress = progress
         self.routing: TaskID = progress.add_task("routing", total=None)
         self.answering: TaskID = progress.add_task("answering", total=None)
-        self._order = {e.name: i for i, e in enumerate(self.config.experts)}
-        self._server = {e.name: e.api_base.rstrip("/") for e in self.config.experts}
+        experts = services.config.experts
+        self._order = {e.name: i for i, e in enumerate(experts)}
+        self._server = {e.name: (e.api_base or e.name).rstrip("/") for e in experts}
 
     async def route(self, jobs: list[Job]) -> None:
         self.progress.update(self.routing, total=len(jobs))
 
         async def route_one(job: Job) -> None:
-            job.candidates = await self._route(job.target, job.body, job.record, job.body.wire_messages())
+            job.candidates = await self.chat.route(job.target, job.record, job.body.wire_messages())
             self.progress.advance(self.routing)
 
         await asyncio.gather(*(route_one(job) for job in jobs))
@@ -225,24 +115,27 @@ class BatchService(ChatService):
     async def attempt(self, job: Job) -> None:
         """Call the job's next candidate; finish the job unless it may fall back to another one."""
         name = job.expert
+        pool = self.services.pool
+        messages, params = job.body.wire_messages(), job.body.upstream_params()
         try:  # a row of the decision record, kept as the gateway keeps its calls
-            call, started, payload = await self._call(
-                job.record, name, lambda: self.clients[name].complete(job.body.wire_messages(), job.body.upstream_params())
+            call, started, payload = await pool.call(
+                job.record.calls, name, lambda: pool.clients[name].complete(messages, params)
             )
         except ExpertFailure as failure:
             job.failures.append(failure)
             if failure.can_fall_back and len(job.record.calls) < len(job.candidates):
                 return  # the next round sends it to its next-ranked expert
-            error = self._all_failed(job.failures)
-            self._fail(job.record, error, "error")
+            error = all_failed(job.failures)
+            self.chat.failed(job.record, error)
             self.settle(job, error.status, error.body())
             return
-        self.settle(job, 200, self._answer(job.record, call, started, payload))
+        call.answered(started, payload.get("usage"))
+        self.settle(job, 200, self.chat.answered(job.record, Answer(name, payload), call.latency_ms))
 
     def settle(self, job: Job, status: int, body: dict[str, Any]) -> None:
         # Journal first: once the entry exists the request is never sent again.
         self.journal.append(job.number, answer_line(job.custom_id, job.record.id, status, body), job.record)
-        self._record(job.record)
+        self.chat.record(job.record)
         job.done = True
         self.progress.advance(self.answering)
 
@@ -312,27 +205,21 @@ async def run_batch(
         journal.close()
         raise BatchError(str(exc)) from None
 
-    decision_log = DecisionLog(make_engine(settings.database_url), settings.moe_spill_dir,
-                               max_buffer=settings.moe_log_buffer, flush_interval_s=settings.moe_log_flush_s)
-    if not await asyncio.to_thread(decision_log.ping):
+    services = Services.build(settings, config, routers, metrics=GatewayMetrics(), serving=False)
+    if not await asyncio.to_thread(services.decision_log.ping):
         console.print(f"[yellow]decision log not reachable or not migrated (`moe db upgrade`)[/yellow]: "
                       f"records will wait in {settings.moe_spill_dir}")
-    health = HealthMonitor(config.experts, settings.moe_health_interval_s)
-    state = SharedState(None)  # no response cache; breakers do not matter once every request is routed
-    # Batch requests carry no API key (whoever runs the CLI has the config), so nothing is charged to one.
-    keys = KeyGuard(KeyStore(decision_log.engine), RateLimiter(state), required=False, cache_ttl_s=1.0)
     progress = Progress(console=console, transient=False)
-    service = service_class(config, routers, decision_log, health, state, keys=keys, metrics=GatewayMetrics(),
-                            log_prompts=settings.moe_log_prompts, journal=journal, concurrency=concurrency,
-                            progress=progress)
-    await decision_log.start()
+    service = service_class(services, journal=journal, concurrency=concurrency, progress=progress)
+    # Experts are probed once, as start-up: experts down now are ranked last, as the gateway ranks them.
+    await services.start(background=False)
     try:
         for record in journal.records():  # what an interrupted run may not have flushed
-            decision_log.record(record)
+            services.decision_log.record(record)
         jobs: list[Job] = []
         for number, custom_id, body in requests:
             try:
-                target = service.resolve(body.model)
+                target = services.chat.targets.resolve(body.model)
                 vm = target.virtual_model
                 if vm and (vm.synthesis or vm.vote or vm.cascade):
                     raise APIError(400, f"`{body.model}` answers with several experts; batches send each request "
@@ -340,16 +227,15 @@ async def run_batch(
             except APIError as exc:
                 journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
                 continue
-            jobs.append(Job(number, custom_id, body, target, service._new_record(body, target, None, body.wire_messages())))
-        await health.check_all()  # once: experts down now are ranked last, as the gateway ranks them
+            jobs.append(Job(number, custom_id, body, target,
+                            services.chat.new_record(body, target, None, body.wire_messages())))
         progress.update(service.answering, total=len(lines), completed=len(lines) - len(jobs))
         with progress:
             await service.route(jobs)
             await service.send(jobs)
     finally:
-        await service.aclose()
         journal.close()
-        await decision_log.stop()
+        await services.stop()
 
     outputs = [journal.entries[number]["output"] for number, _ in lines]
     tmp = out.with_name(out.name + ".tmp")

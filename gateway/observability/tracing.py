@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from gateway.decision_log import DecisionRecord
+from gateway.decisions.record import DecisionRecord
 
 # Probes and scrapes would drown the traces of real requests.
 _UNTRACED_URLS = "/healthz,/readyz,/metrics"

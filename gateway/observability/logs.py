@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 
-from gateway.decision_log import DecisionRecord
+from gateway.decisions.record import DecisionRecord
 
 LogFormat = Literal["json", "text"]
 

@@ -1,0 +1,80 @@
+"""The decision record: what one routed request asked for, who was ranked and called, what it cost and how it
+ended. Every request that reaches routing leaves exactly one (gateway/chat/serving.py); the decision log
+writes it (gateway/decisions/log.py) and training reads it back through migrations/schema.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from experts.pool import ExpertCall
+
+
+@dataclass
+class DecisionRecord:
+    requested_model: str
+    request_hash: str
+    stream: bool
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    virtual_model: str | None = None
+    policy: str | None = None
+    router: str | None = None
+    router_version: str | None = None
+    ranked: list[dict[str, Any]] = field(default_factory=list)
+    recruited: list[str] = field(default_factory=list)
+    chosen_expert: str | None = None
+    confidence: float | None = None
+    routing_ms: float | None = None
+    upstream_ms: float | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    cache_hit: bool | None = None  # None when the cache was not consulted
+    status: str = "pending"
+    http_status: int = 200
+    error: str | None = None
+    prompt: str | None = None
+    api_key_id: int | None = None  # who asked, when API keys are required
+    tenant: str | None = None
+    calls: list[ExpertCall] = field(default_factory=list)
+
+    def settle(self, status: str, http_status: int, error: str | None = None) -> None:
+        """How the request ended: the one place status and HTTP status are set, always together."""
+        self.status, self.http_status, self.error = status, http_status, error
+
+    def took(self, usage: dict[str, Any] | None) -> None:
+        """The answer's token counts, when its usage says."""
+        usage = usage or {}
+        self.prompt_tokens, self.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+    def as_row(self) -> dict[str, Any]:
+        return _AS_ROW.dump_python(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_row(), default=_iso)
+
+    @classmethod
+    def from_json(cls, line: str) -> DecisionRecord:
+        raw = json.loads(line)
+        raw["created_at"] = datetime.fromisoformat(raw["created_at"])
+        calls = [ExpertCall(**{**c, "started_at": datetime.fromisoformat(c["started_at"])}) for c in raw.pop("calls")]
+        return cls(**raw, calls=calls)
+
+
+# The same dicts as dataclasses.asdict, in 2.5 us a record instead of 47: a 500-record batch holds the GIL (which
+# the event loop needs) for about 1 ms instead of 23.
+_AS_ROW: TypeAdapter[DecisionRecord] = TypeAdapter(DecisionRecord)
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,123 @@
+"""The gateway's ASGI middleware: bounded bodies and bounded in-flight chat requests.
+
+Bodies: past MOE_MAX_BODY_BYTES a request gets 413 before its body is read (see BodyLimit).
+
+In flight: past the bound, answer 429 with Retry-After at once. Counting happens in ASGI, from the request's arrival to its response's last byte, so a stream
+holds its slot for as long as it runs. Refusing early keeps memory flat under overload, and the
+Retry-After header turns client retry storms into paced retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import error_response
+
+
+@dataclass
+class InFlight:
+    """The count the middleware keeps; /readyz and /metrics read it."""
+
+    limit: int
+    current: int = 0
+    rejected: int = 0
+
+
+class InFlightLimit:
+    def __init__(self, app: ASGIApp, state: InFlight, path_prefix: str = "/v1/chat/") -> None:
+        self.app = app
+        self.state = state
+        self.path_prefix = path_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.path_prefix):
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        if state.current >= state.limit:
+            state.rejected += 1
+            response = error_response(
+                429, f"The gateway is at its limit of {state.limit} requests in flight; retry shortly.",
+                code="overloaded",
+            )
+            response.headers["retry-after"] = "1"
+            await response(scope, receive, send)
+            return
+        state.current += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                state.current -= 1
+
+        async def tracking_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            release()
+
+
+class BodyLimit:
+    """Answers 413 for request bodies over the limit, by header or by counting what actually arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+        too_large = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if too_large:
+                # The app may turn the aborted read into its own error reply: answer 413 instead.
+                if not started:
+                    started = True
+                    await self._reject(send)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if too_large and not started:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        response = error_response(
+            413, f"Request body exceeds the gateway's limit of {self.max_bytes} bytes.", code="request_too_large"
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class _TooLarge(Exception):
+    pass
