@@ -15,6 +15,8 @@ from gateway.chat.api_router import chat_routes
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import install_error_handlers
+from gateway.feedback.api_router import feedback_routes
+from gateway.feedback.protocol import FeedbackRequest
 from gateway.health import health_routes
 from gateway.keys.guard import admin_routes
 from gateway.middleware import BodyLimit, InFlight, InFlightLimit
@@ -67,6 +69,7 @@ def create_app(
 
         tracer = install_tracing(app, span_exporter)
     app.include_router(chat_routes)
+    app.include_router(feedback_routes)
     app.include_router(admin_routes)
     app.include_router(health_routes)
 
@@ -74,7 +77,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_body_schemas(original_openapi(), [ChatCompletionRequest])
+            app.openapi_schema = with_body_schemas(original_openapi(), [ChatCompletionRequest, FeedbackRequest])
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ Loaded once at start. Any invalid field fails loudly with the field's path in th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,17 @@ class RouterConfig(Strict):
         return family
 
 
+class ExplorationConfig(Strict):
+    """A share of requests sent to an expert other than the router's first choice, so that retraining from the log
+    learns what the other experts would have answered. Marked in the log (with the choice's propensity) and in the
+    `x-moe-explored` response header."""
+
+    epsilon: float = Field(ge=0, lt=1, description="share of requests that explore")
+    distribution: Literal["uniform", "scores"] = Field(
+        "uniform", description="how the explored expert is drawn from the others: evenly, or by the router's scores"
+    )
+
+
 class VirtualModelConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob (a cascade: `agree`) per request
     router: str
@@ -38,6 +49,7 @@ class VirtualModelConfig(Strict):
     synthesis: SynthesisConfig | None = Field(None, description="answer with several experts and an aggregator")
     vote: VoteConfig | None = Field(None, description="answer with several experts' weighted-majority choice")
     cascade: CascadeConfig | None = Field(None, description="ask experts cheapest first until enough agree")
+    exploration: ExplorationConfig | None = Field(None, description="off by default: see ExplorationConfig")
     description: str = ""
 
 
@@ -86,6 +98,8 @@ def _check_aggregation(path: str, vm: VirtualModelConfig, experts: set[str]) -> 
     modes = [mode for mode, config in (("synthesis", vm.synthesis), ("vote", vm.vote), ("cascade", vm.cascade)) if config]
     if len(modes) > 1:
         raise ValueError(f"{path}: {' and '.join(modes)} exclude each other: set one")
+    if modes and vm.exploration:
+        raise ValueError(f"{path}.exploration: explores one expert's answers; {modes[0]} asks several")
     named: list[tuple[str, str]] = []
     if vm.synthesis and vm.synthesis.aggregator:
         named.append(("synthesis.aggregator", vm.synthesis.aggregator))

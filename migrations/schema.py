@@ -1,4 +1,5 @@
-"""The decision log's tables (one row per request, one per expert call, the records set aside) and the API keys.
+"""The decision log's tables (one row per request, one per expert call, the records set aside), the feedback on
+decisions, and the API keys.
 
 Alembic owns the schema."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -32,6 +33,10 @@ class DecisionRow(Base):
     recruited: Mapped[list[str]] = mapped_column(Json, default=list)
     chosen_expert: Mapped[str | None] = mapped_column(String(200), index=True)
     confidence: Mapped[float | None] = mapped_column(Float)
+    # The probability with which the serving policy chose `chosen_expert` (1.0 without exploration), and whether
+    # the choice was exploration: what off-policy estimates from the log need.
+    propensity: Mapped[float | None] = mapped_column(Float)
+    explored: Mapped[bool] = mapped_column(Boolean, default=False)
     routing_ms: Mapped[float | None] = mapped_column(Float)
     upstream_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
@@ -77,6 +82,25 @@ class DeadLetterRow(Base):
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     error: Mapped[str] = mapped_column(Text)
     record: Mapped[str] = mapped_column(Text)  # the record as JSON text
+
+
+class FeedbackRow(Base):
+    """How good a decision's answer was, from one source (the user, a judge...): one row per decision and source.
+    No foreign key to the decision: feedback may arrive before the decision log has written its row."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("decision_id", "source"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    decision_id: Mapped[str] = mapped_column(String(36), index=True)
+    source: Mapped[str] = mapped_column(String(50))
+    score: Mapped[float] = mapped_column(Float)  # 0 (bad) to 1 (good); thumbs up 1, down 0
+    expert: Mapped[str | None] = mapped_column(String(200))  # the expert that should have answered
+    comment: Mapped[str | None] = mapped_column(Text)
+    api_key_id: Mapped[int | None] = mapped_column(Integer)  # who gave it
+    tenant: Mapped[str | None] = mapped_column(String(200), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKeyRow(Base):

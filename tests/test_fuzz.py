@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from gateway import protocol
+from gateway.chat import protocol
 from migrations.schema import DeadLetterRow
 from tests.conftest import decisions, routed_config, rows, running_gateway, wait_for
 

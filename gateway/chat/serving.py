@@ -38,6 +38,7 @@ from gateway.observability.logs import log_request
 from gateway.observability.metrics import GatewayMetrics
 from gateway.shared_state import SharedState
 from routers.base import Router
+from routers.exploration import choose
 
 if TYPE_CHECKING:  # tracing's instrumentation and exporter load only when it is on
     from gateway.observability.tracing import RequestTracer
@@ -129,7 +130,15 @@ class ChatService:
         record.recruited = list(decision.recruited)
         record.confidence = decision.confidence
         ranked = [decision.chosen] + [s.name for s in decision.ranked if s.name != decision.chosen]
-        return await self.pool.up_first([name for name in ranked if name in self.pool])
+        ranked = [name for name in ranked if name in self.pool]
+        exploration = target.virtual_model.exploration if target.virtual_model else None
+        if exploration is None:
+            record.propensity = 1.0
+        else:
+            score = {s.name: s.score for s in decision.ranked}
+            choice = choose(ranked, [score.get(n, 0.0) for n in ranked], exploration.epsilon, exploration.distribution)
+            ranked, record.propensity, record.explored = choice.order, choice.propensity, choice.explored
+        return await self.pool.up_first(ranked)
 
     async def _plan(
         self, target: Target, body: ChatCompletionRequest, messages: list[dict[str, Any]], record: DecisionRecord
@@ -182,6 +191,8 @@ class ChatService:
             headers["x-moe-router"] = f"{record.router}@{record.router_version}"
         if len(record.recruited) > 1:
             headers["x-moe-recruited"] = ",".join(record.recruited)
+        if record.explored:
+            headers["x-moe-explored"] = "true"
         if record.cache_hit is not None:
             headers["x-moe-cache"] = "hit" if record.cache_hit else "miss"
         return headers

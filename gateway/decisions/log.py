@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 MAX_BACKOFF_S = 5.0
+RECENT = 100_000  # decisions whose owner is kept in memory, for feedback that arrives before the row is written
 PING_INTERVAL_S = 2.0  # how often an idle log checks that the database still answers (for /readyz)
 
 
@@ -83,6 +84,7 @@ class DecisionLog:
         self.max_buffer = max_buffer
         self.flush_interval_s = flush_interval_s
         self._buffer: deque[DecisionRecord] = deque()
+        self._recent: dict[str, tuple[int | None, str | None]] = {}  # insertion-ordered: the oldest goes first
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -95,8 +97,15 @@ class DecisionLog:
     def record(self, rec: DecisionRecord) -> None:
         """Never blocks and never fails: the request path only appends."""
         self._buffer.append(rec)
+        self._recent[rec.id] = (rec.api_key_id, rec.tenant)
+        if len(self._recent) > RECENT:
+            del self._recent[next(iter(self._recent))]
         if len(self._buffer) >= BATCH:
             self._wake.set()
+
+    def recent_owner(self, decision_id: str) -> tuple[int | None, str | None] | None:
+        """(api key id, tenant) of a decision this process recorded lately, whether or not it is written yet."""
+        return self._recent.get(decision_id)
 
     @property
     def pending(self) -> int:

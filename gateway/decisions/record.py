@@ -31,6 +31,8 @@ class DecisionRecord:
     recruited: list[str] = field(default_factory=list)
     chosen_expert: str | None = None
     confidence: float | None = None
+    propensity: float | None = None  # P(the serving policy sends the request to `chosen_expert` first); None: no router
+    explored: bool = False  # the choice was exploration (a virtual model's `exploration`)
     routing_ms: float | None = None
     upstream_ms: float | None = None
     ttft_ms: float | None = None

@@ -1,0 +1,39 @@
+"""`POST /v1/feedback`: HTTP only. Another tenant's decision answers 404, as if it did not exist."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.bodies import BodyReader, json_body
+from gateway.errors import APIError
+from gateway.feedback.protocol import Feedback, FeedbackRequest
+from gateway.feedback.store import FeedbackStore, may_give_feedback
+from gateway.keys.guard import caller
+from gateway.keys.store import ApiKey
+from gateway.services import Services
+
+log = logging.getLogger(__name__)
+feedback_routes = APIRouter()
+
+
+@feedback_routes.post("/v1/feedback", openapi_extra=json_body(FeedbackRequest))
+async def give_feedback(request: Request, key: Annotated[ApiKey | None, Depends(caller)]) -> Feedback:
+    bodies: BodyReader = request.app.state.bodies
+    given = await bodies.read(await request.body(), FeedbackRequest)
+    services: Services = request.app.state.services
+    store = FeedbackStore(services.decision_log.engine)
+    try:
+        owner = services.decision_log.recent_owner(given.decision_id) or await asyncio.to_thread(
+            store.owner, given.decision_id
+        )
+        if owner is None or not may_give_feedback(key, owner):
+            raise APIError(404, f"No decision `{given.decision_id}`.", param="decision_id", code="decision_not_found")
+        return await asyncio.to_thread(store.put, given, key)
+    except SQLAlchemyError as exc:
+        log.warning("feedback: database unavailable (%s)", type(exc).__name__)
+        raise APIError(503, "Feedback cannot be stored right now; retry shortly.", code="feedback_unavailable") from None
