@@ -182,7 +182,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.out.relative_to(ROOT)}")
+    console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
