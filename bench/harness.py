@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import httpx
 import numpy as np
+import psutil
 import yaml
 from rich.console import Console
 
@@ -103,6 +104,41 @@ def latency_stats(values_ms: Sequence[float] | np.ndarray) -> dict[str, Any]:
     return {"samples": int(values.size), "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
             "p99_ms": round(float(p99), 3), "p99_9_ms": round(float(p999), 3),
             "mean_ms": round(float(values.mean()), 3), "max_ms": round(float(values.max()), 3)}
+
+
+class OtherWork:
+    """How much of the machine's CPU went to processes outside this benchmark while it ran: a noisy run says so.
+
+    Busy time of the whole machine (psutil.cpu_times) minus that of this process and its descendants (the
+    servers, their workers, and finished children such as wrk). Call `start()` with the servers up, `report()`
+    before stopping them."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+        self.started = 0.0
+        self.busy0 = self.ours0 = 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    def _ours(self) -> float:
+        total = sum(self.me.cpu_times()[:4])  # user, system, and children's that were waited for (wrk runs)
+        for child in self.me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += sum(child.cpu_times()[:2])
+        return total
+
+    def start(self) -> None:
+        self.started, self.busy0, self.ours0 = time.monotonic(), self._busy(), self._ours()
+
+    def report(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.started
+        other = max(0.0, (self._busy() - self.busy0) - (self._ours() - self.ours0))
+        cpus = os.cpu_count() or 1
+        return {"wall_s": round(wall, 1), "cpu_s": round(other, 1), "share_of_machine": round(other / (wall * cpus), 3),
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
 
 
 # -- processes ------------------------------------------------------------------------------------

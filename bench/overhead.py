@@ -36,6 +36,7 @@ from bench.harness import (
     MAX_TOKENS,
     REQUEST_TIMEOUT_S,
     ROOT,
+    OtherWork,
     Processes,
     Target,
     added_over,
@@ -144,7 +145,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="moe-bench-"))
     with Processes(work) as procs:
         _, targets = start_base(procs, args.router, max(args.concurrency))
+        watch = OtherWork()
+        watch.start()
         results = measure(targets, questions(PROMPTS), args.concurrency, args.duration, args.warmup, work)
+        other_work = watch.report()
     added_over(results, SYSTEMS)
     ceiling, checks = generator_ceiling(results), floor_targets(results)
 
@@ -156,6 +160,7 @@ def main() -> None:
         "router": version,
         "settings": {"load": load_settings(args), "upstream": "bench/upstream.py: echoes the prompt, one uvicorn process",
                      "floor": FLOOR_SETTINGS, "gateway": gateway_settings(max(args.concurrency))},
+        "other_work": other_work,
         "generator_ceiling": ceiling,
         "targets": checks,
         "results": results,
@@ -164,6 +169,7 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(results, list(targets), SYSTEMS, "gateway overhead" + (", smoke run" if args.quick else ""))
     print_checks(ceiling, checks)
+    console.print(f"other work on the machine during the load: {json.dumps(other_work)}")
     console.print(f"written to {out}")
 
 

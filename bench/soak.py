@@ -44,6 +44,7 @@ from bench.harness import (
     DEFAULT_ROUTER,
     MAX_TOKENS,
     ROOT,
+    OtherWork,
     Processes,
     Sample,
     command_line,
@@ -231,6 +232,8 @@ def main() -> None:
         upstream_v1 = start_upstream(procs)
         gateway = start_gateway(procs, gateway_config(upstream_v1, args.router), database_url)
         gateway_process = psutil.Process(procs.started["gateway"].pid)
+        watch = OtherWork()
+        watch.start()
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:
             task = bar.add_task("soak", total=len(prompts))
@@ -245,6 +248,7 @@ def main() -> None:
                 f"{gateway}/v1/chat/completions", prompts, args.rate, args.stream_fraction, args.sample_s,
                 gateway_process, advance,
             ))
+        other_work = watch.report()
         console.print("load done; waiting for the decision log to flush")
         counts, flush_wait_s = wait_for_records(database_url, len(samples))
         database_name = make_url(database_url).database
@@ -272,6 +276,7 @@ def main() -> None:
             "records_equal_requests": counts["records"] == len(samples) and counts["streamed"] == streamed,
             "flush_wait_s": flush_wait_s,
         },
+        "other_work": other_work,
         "rss_mb": rss_summary(timeline, baseline_s),
         "timeline": timeline,
     }
@@ -291,6 +296,7 @@ def main() -> None:
         f"decision records {log['records']} for {log['requests_sent']} requests "
         f"({'equal' if log['records_equal_requests'] else 'NOT equal'}; flushed within {flush_wait_s} s)"
     )
+    console.print(f"other work on the machine during the load: {json.dumps(other_work)}")
     for name, check in report["targets"].items():
         console.print(f"[{'green' if check['met'] else 'bold red'}]{name}: {json.dumps(check)}[/]")
     console.print(f"written to {out} and {out.with_suffix('.png')}")

@@ -35,6 +35,7 @@ import yaml
 
 from bench.harness import (
     ROOT,
+    OtherWork,
     Processes,
     Target,
     added_over,
@@ -175,7 +176,10 @@ def main() -> None:
         upstream_v1, targets = start_base(procs, args.router, max_concurrency)
         proxy, proxy_settings = start_litellm_proxy(procs, upstream_v1)
         targets["litellm_proxy"] = Target(f"{proxy}/v1/chat/completions", "general")
+        watch = OtherWork()
+        watch.start()
         results = measure(targets, questions(PROMPTS), args.concurrency, args.duration, args.warmup, work)
+        other_work = watch.report()
     added_over(results, SYSTEMS)
     ceiling, checks = generator_ceiling(results), floor_targets(results)
 
@@ -194,6 +198,7 @@ def main() -> None:
             "gateway": gateway_settings(max_concurrency),
             "litellm_proxy": proxy_settings,
         },
+        "other_work": other_work,
         "generator_ceiling": ceiling,
         "targets": checks,
         "results": results,
@@ -204,6 +209,7 @@ def main() -> None:
          "Starlette + httpx pass-through" + (" (smoke run)" if args.quick else ""))
     print_table(results, list(targets), SYSTEMS, "gateway vs LiteLLM proxy" + (", smoke run" if args.quick else ""))
     print_checks(ceiling, checks)
+    console.print(f"other work on the machine during the load: {json.dumps(other_work)}")
     console.print(f"written to {out} and {out.with_suffix('.png')}")
 
 
