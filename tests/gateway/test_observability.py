@@ -19,9 +19,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway.app import create_app
 from gateway.migrate import upgrade
 from gateway.settings import Settings
-from tests.conftest import MATH_QUESTION, expert, routed_config, wait_for
-from tests.test_failures import REST, STEM
-from tests.test_shutdown import ROOT, moe_serve
+from tests.gateway.support import MATH_QUESTION, expert, routed_config, wait_for
+from tests.gateway.test_failures import REST, STEM
+from tests.gateway.test_shutdown import ROOT, moe_serve
 from bench.upstream import DRIP_S, free_port, serve_in_thread
 
 SECRET_KEY = f"sk-observability-{uuid.uuid4().hex}"

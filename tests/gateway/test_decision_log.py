@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from gateway.decision_log import DecisionLog, DecisionRecord, make_engine
 from gateway.migrate import alembic_config, downgrade, upgrade
 from migrations.schema import DeadLetterRow
-from tests.conftest import (
+from tests.gateway.support import (
     HISTORY_QUESTION,
     MATH_QUESTION,
     Gateway,
@@ -26,7 +26,7 @@ from tests.conftest import (
     running_gateway,
     wait_for,
 )
-from tests.tcp_proxy import tcp_proxy
+from tests.gateway.tcp_proxy import tcp_proxy
 
 
 def chat(v1: str, question: str, stream: bool = False) -> httpx.Response:

@@ -22,7 +22,7 @@ from gateway.decision_log import make_engine
 from gateway.keys import SHOWN_CHARS, CreatedKey, KeyStore, NewKey, hash_key
 from gateway.migrate import alembic_config, downgrade, upgrade
 from migrations.schema import ApiKeyRow
-from tests.conftest import (
+from tests.gateway.support import (
     HISTORY_QUESTION,
     MATH_QUESTION,
     Gateway,
@@ -32,9 +32,9 @@ from tests.conftest import (
     running_gateway,
     wait_for,
 )
-from tests.tcp_proxy import tcp_proxy
+from tests.gateway.tcp_proxy import tcp_proxy
 
-REDIS_DB = 11  # shared with tests/test_rate_limit.py, emptied per test
+REDIS_DB = 11  # shared with tests/gateway/test_rate_limit.py, emptied per test
 
 
 def issue_key(database_url: str, *, name: str = "test", tenant: str = "acme", **limits: Any) -> CreatedKey:

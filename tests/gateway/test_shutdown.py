@@ -22,11 +22,11 @@ import openai
 import yaml
 
 from gateway.migrate import upgrade
-from tests.conftest import MATH_QUESTION, decisions, expert, wait_for
-from tests.test_failures import REST, STEM
+from tests.gateway.support import MATH_QUESTION, decisions, expert, wait_for
+from tests.gateway.test_failures import REST, STEM
 from bench.upstream import DRIP_S, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

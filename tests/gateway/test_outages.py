@@ -1,6 +1,6 @@
 """Outages of real servers while a running gateway is under load from several openai-SDK clients.
 
-The PostgreSQL and Redis tests stop and restart throwaway servers of their own (tests/servers.py), never
+The PostgreSQL and Redis tests stop and restart throwaway servers of their own (tests/gateway/servers.py), never
 the machine's.
 Covered elsewhere, with the scripted upstream: a slow expert's per-expert timeout and fallback
 (test_failures.py::test_falls_back_to_next_ranked[slow-...], ...every_expert_failing...[slow-...]),
@@ -25,7 +25,7 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
+from tests.gateway.support import (
     MATH_QUESTION,
     Gateway,
     decisions,
@@ -34,9 +34,9 @@ from tests.conftest import (
     running_gateway,
     wait_for,
 )
-from tests.servers import throwaway_postgres, throwaway_redis
-from tests.test_failures import REST, STEM
-from tests.test_shutdown import ROOT
+from tests.gateway.servers import throwaway_postgres, throwaway_redis
+from tests.gateway.test_failures import REST, STEM
+from tests.gateway.test_shutdown import ROOT
 from bench.upstream import free_port
 
 CLIENTS = 4

@@ -9,8 +9,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway
-from tests.test_failures import REST, STEM
+from tests.gateway.support import MATH_QUESTION, decisions, expert, routed_config, running_gateway
+from tests.gateway.test_failures import REST, STEM
 from bench.upstream import ANTHROPIC_KEY, RECEIVED
 
 

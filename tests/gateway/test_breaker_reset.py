@@ -1,6 +1,6 @@
 """Circuit breakers shared in the real Redis server (db 13): a success clears an expert's failure count.
 
-tests/unit/test_local_breakers.py checks the same rule as kept in one process while Redis is down.
+tests/experts/test_local_breakers.py checks the same rule as kept in one process while Redis is down.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.shared_state import BreakerSettings, SharedState
-from tests.conftest import fresh_redis_db
+from tests.gateway.support import fresh_redis_db
 
 REDIS_DB = 13  # a database no other test uses
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
+from tests.gateway.support import MATH_QUESTION, decisions, expert, routed_config, running_gateway, wait_for
 from bench.upstream import SLOW_S, app, models, serve_in_thread
 
 STEM = ["math", "physics", "chemistry", "engineering", "computer science"]

@@ -16,9 +16,9 @@ import openai
 import pytest
 
 from gateway.config import DEFAULT_CONFIG, SynthesisConfig, VirtualModelConfig, load_config
-from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, running_gateway, wait_for
+from tests.gateway.support import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, running_gateway, wait_for
 from bench.upstream import free_port
-from tests.vllm_server import vllm_server
+from tests.gateway.vllm_server import vllm_server
 
 pytestmark = pytest.mark.vllm
 

@@ -18,7 +18,7 @@ import yaml
 from experts.aggregate import answers_needed, expert_weights, log_odds_weight, pick_answer
 from gateway.config import ConfigError, GatewayConfig, load_config
 from migrations.schema import DecisionRow
-from tests.conftest import MATH_QUESTION, Gateway, decisions, expert, running_gateway, wait_for
+from tests.gateway.support import MATH_QUESTION, Gateway, decisions, expert, running_gateway, wait_for
 from bench.upstream import RECEIVED
 
 PRICES = {"cheap": 0.1, "mid": 0.2, "dear": 1.0, "flaky": 0.05, "rambler": 5.0}

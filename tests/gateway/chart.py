@@ -8,7 +8,7 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-CHART = Path(__file__).resolve().parents[1] / "helm" / "moe-gateway"
+CHART = Path(__file__).resolve().parents[2] / "helm" / "moe-gateway"
 OVERLAYS = sorted((CHART / "ci").glob("*.yaml"))
 RELEASE, NAMESPACE = "moe", "llm"
 

@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 
 from gateway import protocol
 from migrations.schema import DeadLetterRow
-from tests.conftest import decisions, routed_config, rows, running_gateway, wait_for
+from tests.gateway.support import decisions, routed_config, rows, running_gateway, wait_for
 
 CHAT = ("POST", "/v1/chat/completions")
 # Operations without parameters have no invalid input to generate.

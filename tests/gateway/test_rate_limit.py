@@ -16,11 +16,11 @@ import redis
 
 from gateway.rate_limit import RateLimiter, Refusal
 from gateway.shared_state import SharedState
-from tests.conftest import MATH_QUESTION, REDIS_HOST, REDIS_PORT, fresh_redis_db, routed_config, running_gateway
-from tests.tcp_proxy import tcp_proxy
-from tests.test_api_keys import ask, issue_key, sdk
+from tests.gateway.support import MATH_QUESTION, REDIS_HOST, REDIS_PORT, fresh_redis_db, routed_config, running_gateway
+from tests.gateway.tcp_proxy import tcp_proxy
+from tests.gateway.test_api_keys import ask, issue_key, sdk
 
-REDIS_DB = 11  # shared with tests/test_api_keys.py, emptied per test
+REDIS_DB = 11  # shared with tests/gateway/test_api_keys.py, emptied per test
 
 
 @pytest.fixture

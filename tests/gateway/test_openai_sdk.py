@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, routed_config, running_gateway, wait_for
+from tests.gateway.support import HISTORY_QUESTION, MATH_QUESTION, Gateway, decisions, routed_config, running_gateway, wait_for
 
 
 @pytest.fixture

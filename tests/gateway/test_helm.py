@@ -16,7 +16,7 @@ from kubernetes_validate import validate
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
 from gateway.config import load_config
-from tests.chart import CHART, OVERLAYS, find, one, overlay, pod_spec, render
+from tests.gateway.chart import CHART, OVERLAYS, find, one, overlay, pod_spec, render
 
 K8S_VERSION = latest_version()  # the newest Kubernetes whose schemas kubernetes-validate ships
 # Custom resources: no schema in Kubernetes' own; their API versions are checked instead.

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Gateway, decisions, routed_config, running_gateway, wait_for
+from tests.gateway.support import Gateway, decisions, routed_config, running_gateway, wait_for
 
 LIMIT = 64 * 1024
 

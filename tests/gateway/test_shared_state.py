@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import shared_state
 from gateway.shared_state import SharedState
-from tests.conftest import (
+from tests.gateway.support import (
     MATH_QUESTION,
     REDIS_HOST,
     REDIS_PORT,
@@ -24,9 +24,9 @@ from tests.conftest import (
     running_gateway,
     wait_for,
 )
-from tests.servers import throwaway_redis
-from tests.tcp_proxy import tcp_proxy
-from tests.test_failures import REST, STEM
+from tests.gateway.servers import throwaway_redis
+from tests.gateway.tcp_proxy import tcp_proxy
+from tests.gateway.test_failures import REST, STEM
 
 REDIS_DB = 9  # a database of its own, emptied per test
 

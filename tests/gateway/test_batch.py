@@ -36,10 +36,10 @@ from gateway.decision_log import DecisionRecord, ExpertCall
 from gateway.migrate import upgrade
 from routers.base import Router
 from bench import upstream
-from tests.conftest import HISTORY_QUESTION, MATH_QUESTION, decisions, expert, wait_for
-from tests.test_failures import REST, STEM
+from tests.gateway.support import HISTORY_QUESTION, MATH_QUESTION, decisions, expert, wait_for
+from tests.gateway.test_failures import REST, STEM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Recorder:

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from gateway.config import GatewayConfig
-from tests.conftest import MATH_QUESTION, Gateway, decisions, expert, running_gateway, wait_for
+from tests.gateway.support import MATH_QUESTION, Gateway, decisions, expert, running_gateway, wait_for
 
 
 def synthesis_config(experts: list[dict[str, Any]], artifact: Path, **synthesis: Any) -> GatewayConfig:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from gateway.config import GatewayConfig
 from bench import upstream
-from tests.conftest import Gateway, expert, running_gateway
+from tests.gateway.support import Gateway, expert, running_gateway
 
 TOOL = {"type": "function", "function": {"name": "weather", "description": "today's weather",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}

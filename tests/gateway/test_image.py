@@ -19,12 +19,12 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.chart import find, one, pod_spec, render
-from tests.conftest import MATH_QUESTION, fresh_redis_db
+from tests.gateway.chart import find, one, pod_spec, render
+from tests.gateway.support import MATH_QUESTION, fresh_redis_db
 from bench.upstream import free_port
 from training.pool import default_pool_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REDIS_DB = 14  # a database no other test uses
 SECRET = "moe-test"
 PODMAN = ["podman", "--runtime", "runc"]  # runc: the default runtime fails on CI kernels' cgroups
