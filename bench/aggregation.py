@@ -1,8 +1,9 @@
 """Answer aggregation on the MMLU-Pro pool's test split: weighted vote, selection, cascade, recruit-and-aggregate.
 
-Two scenarios, as in bench/routing.py: `small` (Llama-3.1-8B, mathstral-7B, Phi-3-mini) and `all`
-(the seven). Vote weights are fitted on train+dev; the selector and competence models on train;
-vote variants and cascade thresholds are chosen on dev; every reported figure is on test.
+Two scenarios, as in bench.routing (both defined once, in bench/harness.py): `small` (Llama-3.1-8B,
+mathstral-7B, Phi-3-mini) and `all` (the seven). Vote weights are fitted on train+dev; the selector
+and competence models on train; vote variants and cascade thresholds are chosen on dev; every
+reported figure is on test.
 Agreement cascades are also replayed with every expert's answer cut at a token limit (max_tokens; the
 limit is chosen on dev): an answer that has not named its choice by then abstains, so a cheap expert
 that rambles escalates the question instead of being paid for the ramble (`Pool.capped`).
@@ -10,35 +11,27 @@ Each target is checked on test; when the `all` one is not met, `targets.all.why_
 numbers that show why (escalation frontiers of every stopping signal, with an oracle beside them).
 Writes bench/results/aggregation.json (with the command that produced it) and aggregation.png.
 
-    python bench/aggregation.py [--selector logistic|boosting]
+    python -m bench.aggregation [--selector logistic|boosting]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import track
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench.harness import BEST_SINGLE as BEST
+from bench.harness import ROOT, SMALL_EXPERTS, command_line
+from routers.encoder import cached_embeddings
+from training import aggregation as agg
+from training.evaluate import draw_singles
+from training.pool import load_pool
 
-from rich.progress import track  # noqa: E402
-
-from routers.encoder import cached_embeddings  # noqa: E402
-from training import aggregation as agg  # noqa: E402
-from training.evaluate import draw_singles  # noqa: E402
-from training.pool import load_pool  # noqa: E402
-
-BEST = "Meta-Llama-3_1-70B-Instruct"
-SMALL = ("Meta-Llama-3_1-8B-Instruct", "mathstral-7B", "Phi-3-mini-4k-instruct")
 # Issue 4 targets: small experts >= 0.475 below half of the best single's cost; all seven match the
 # best single's accuracy at <= 80% of its cost.
 SMALL_TARGET, SMALL_BUDGET_SHARE = 0.475, 0.5
@@ -56,7 +49,7 @@ def main() -> None:
 
     pool = load_pool()
     column = {name: j for j, name in enumerate(pool.models)}
-    small = tuple(column[name] for name in SMALL)
+    small = tuple(column[name] for name in SMALL_EXPERTS)
     llama8, mathstral, phi = small
     best = column[BEST]
     everyone = tuple(range(len(pool.models)))
@@ -126,7 +119,7 @@ def main() -> None:
         firsts = [(phi,), (phi, llama8), (phi, mathstral, llama8)]  # the cheap prefixes of the `all` cascades
         goals["all"]["why_not"] = why_not(test, selector, best, firsts, budgets["all"], pool.models)
     report = {
-        "command": "python " + shlex.join(["bench/aggregation.py", *sys.argv[1:]]),
+        "command": command_line(),
         "split": "test",
         "cost_unit": "USD per 1k queries (sum of every called expert's cost)",
         "selector": args.selector,

@@ -6,7 +6,7 @@ per fleet: grouped by expert (what `moe batch run` does) and in input order (the
 `send` replaced by one pass in input order: same parsing, journal, decision records and
 concurrency). Requests name their expert, so no routing is timed: routing is the same work in both.
 
-The fleets are bench/swap_upstream.py in its own process, restarted for each run (nothing loaded):
+The fleets are bench/swap_upstream.py (`python -m bench.swap_upstream`) in its own process, restarted for each run (nothing loaded):
 - on-demand: one model loaded at a time; switching costs SWAP_S once the loaded model's requests
   in flight have finished. SIMULATED, and scaled down to keep the run short: a real swap of a 7-8B
   model onto a GPU takes seconds to tens of seconds and a short answer ~1-2 s; SWAP_S:GEN_S = 5:1
@@ -15,7 +15,7 @@ The fleets are bench/swap_upstream.py in its own process, restarted for each run
 
 Writes bench/results/batch.json. Run it niced, e.g.:
 
-    nice -n 10 python bench/batch.py [--requests 2000] [--concurrency 8]
+    nice -n 10 python -m bench.batch [--requests 2000] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-# bench/harness.py also puts the repository root on sys.path, for the imports after it.
-from harness import ROOT, Processes, command_line, machine, questions, stop_on_sigterm, wait_http
 from rich.console import Console
 from rich.table import Table
 
+from bench.harness import ROOT, Processes, command_line, machine, questions, stop_on_sigterm, wait_http
 from bench.upstream import free_port
 from gateway.batch.runner import BatchService, Job, run_batch
 from gateway.config import GatewayConfig
@@ -79,7 +77,7 @@ def one_run(workdir: Path, source: Path, fleet: str, service: type[BatchService]
     with Processes(run_dir) as procs:
         port = free_port()
         flags = ["--resident"] if fleet == "always_loaded" else ["--swap-s", str(SWAP_S)]
-        proc = procs.start("fleet", [sys.executable, "bench/swap_upstream.py", "--port", str(port),
+        proc = procs.start("fleet", [sys.executable, "-m", "bench.swap_upstream", "--port", str(port),
                                      "--gen-s", str(GEN_S), *flags], {**os.environ})
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/v1/models", proc, procs, "fleet")

@@ -3,7 +3,7 @@
 Same texts, same thread count, one process: 200 MMLU-Pro test questions and 200 one-line questions.
 Writes bench/results/encoder.json with the command that produced it.
 
-    python bench/encoder.py [--threads 2]
+    python -m bench.encoder [--threads 2]
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness import ROOT, command_line, machine, questions
 from rich.console import Console
+
+from bench.harness import ROOT, command_line, machine, questions
 
 SHORT = [
     "What is the integral of x^2 from 0 to 3?",

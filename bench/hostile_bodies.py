@@ -7,7 +7,7 @@ per shape: the status codes the bodies got, how long they took, /healthz p50/p99
 sent (the event loop blocked shows as a long /healthz), and the resident memory of the gateway's own
 process before the first and after the last body (the body reader's worker process separately).
 
-    python bench/hostile_bodies.py          # -> bench/results/hostile_bodies.json
+    python -m bench.hostile_bodies          # -> bench/results/hostile_bodies.json
 """
 
 from __future__ import annotations
@@ -26,20 +26,21 @@ from typing import Any
 
 import httpx
 import psutil
-from harness import (
+from rich.console import Console
+
+from bench.harness import (
     DEFAULT_ROUTER,
     ROOT,
     Processes,
     command_line,
     gateway_config,
+    latency_stats,
     machine,
-    percentile,
     router_version,
     start_gateway,
     start_upstream,
     stop_on_sigterm,
 )
-from rich.console import Console
 
 console = Console()
 LIMIT = 4 * 1024 * 1024  # the gateway's default MOE_MAX_BODY_BYTES
@@ -109,9 +110,8 @@ def probed(url: str, work: Callable[[], None]) -> list[float]:
 
 
 def summary(latencies: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies)
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
-            "p99_ms": round(percentile(ordered, 0.99), 2), "max_ms": round(ordered[-1], 2)}
+    stats = latency_stats(latencies)
+    return {"n": stats["samples"], **{k: round(stats[k], 2) for k in ("p50_ms", "p99_ms", "max_ms")}}
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -182,7 +182,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.out.relative_to(ROOT)}")
+    console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

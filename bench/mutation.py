@@ -16,7 +16,7 @@ counts as
 - no tests: no selected test calls the function (a survivor too).
 score = (killed + timeout) / (mutants - equivalent).
 
-Usage (from the repo root): `make mutation`, or `.venv/bin/python bench/mutation.py [--max-children N]`;
+Usage (from the repo root): `make mutation`, or `python -m bench.mutation [--max-children N]`;
 `--report-only` rewrites the report from the last run's mutants/ without running anything.
 """
 
@@ -309,7 +309,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     # mutmut runs the tests from mutants/: point the pool-reading tests at the pool this checkout would read.
-    sys.path.insert(0, str(ROOT))
     from training.pool import default_pool_dir
 
     os.environ.setdefault("MOE_POOL_DIR", str(default_pool_dir()))

@@ -7,12 +7,14 @@ the latency of the requests finished since the last sample are recorded. The dec
 a fresh database on the real PostgreSQL server, made for the run and dropped after it; once the load
 ends the script waits for the flush and checks there is one record per request sent.
 
-Reported: errors by kind, p50/p99, RSS at the start, at minute 2 and at the end, RSS growth from
-minute 2 to the end (from a fifth of the run when it is shorter than 4 minutes), records vs
-requests, and a plot of RSS and p99 over time.
+Reported: errors by kind, p50/p99 (numpy, over every request, with the count), how late the load
+generator (aiohttp, in this process) sent requests, RSS at the start, at minute 2 and at the end, RSS
+growth from minute 2 to the end (from a fifth of the run when it is shorter than 4 minutes), records
+vs requests, a plot of RSS and p99 over time, and the checks of issue 13: no errors, p99 <= 50 ms,
+RSS growth under 10% from minute 2 to the end, one decision record per request.
 
-    python bench/soak.py                 # 10 minutes -> bench/results/soak.{json,png}
-    python bench/soak.py --quick         # a 30 s smoke run -> var/bench/soak.smoke.{json,png}
+    python -m bench.soak                 # 10 minutes at 10 req/s -> bench/results/soak.{json,png}
+    python -m bench.soak --quick         # a 30 s smoke run -> var/bench/soak.smoke.{json,png}
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -32,20 +33,25 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 import psutil
 import psycopg
-from harness import (
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.harness import (
     DEFAULT_ROUTER,
     MAX_TOKENS,
     ROOT,
+    OtherWork,
     Processes,
     Sample,
     command_line,
+    console,
     gateway_config,
     machine,
     open_loop,
-    percentile,
-    progress,
     questions,
     router_version,
     start_gateway,
@@ -53,16 +59,14 @@ from harness import (
     stop_on_sigterm,
     summarise,
 )
-from rich.console import Console
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 
-console = Console()
 DEFAULT_POSTGRES = os.environ.get("MOE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 FLUSH_TIMEOUT_S = 60.0
+P99_LIMIT_MS = 50.0
+RSS_GROWTH_LIMIT = 0.10  # of the RSS at the baseline (minute 2)
 
 
 @contextmanager
@@ -124,14 +128,15 @@ async def soak(
         advance(sample)
 
     def tick() -> None:
-        latencies = sorted(s.latency_ms for s in window)
+        latencies = [s.latency_ms for s in window]
+        p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (None, None)
         timeline.append({
             "t_s": round(time.perf_counter() - started, 1),
             "rss_mb": rss_mb(gateway),
             "completed": len(window),
             "errors": sum(s.error is not None for s in window),
-            "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
-            "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+            "p50_ms": None if p50 is None else round(float(p50), 1),
+            "p99_ms": None if p99 is None else round(float(p99), 1),
         })
         window.clear()
 
@@ -156,8 +161,24 @@ def rss_summary(timeline: list[dict[str, Any]], baseline_s: float) -> dict[str, 
         "end_mb": end["rss_mb"],
         "end_t_s": end["t_s"],
         "growth_baseline_to_end_mb": growth,
+        "growth_share": round(growth / at_baseline["rss_mb"], 4),
         "growth_mb_per_min": round(growth / minutes, 2),
         "max_mb": max(row["rss_mb"] for row in timeline),
+    }
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13's soak checks, from the report's figures."""
+    requests, rss, log = report["requests"], report["rss_mb"], report["decision_log"]
+    return {
+        "no_errors": {"errors": requests["errors"], "met": requests["errors"] == 0},
+        "p99": {"p99_ms": requests["p99_ms"], "samples": requests["samples"], "limit_ms": P99_LIMIT_MS,
+                "met": requests["p99_ms"] is not None and requests["p99_ms"] <= P99_LIMIT_MS},
+        "rss_growth": {"from_s": rss["baseline_t_s"], "to_s": rss["end_t_s"], "growth_mb": rss["growth_baseline_to_end_mb"],
+                       "share": rss["growth_share"], "limit_share": RSS_GROWTH_LIMIT,
+                       "met": rss["growth_share"] < RSS_GROWTH_LIMIT},
+        "records_equal_requests": {"records": log["records"], "requests": log["requests_sent"],
+                                   "met": log["records_equal_requests"]},
     }
 
 
@@ -184,7 +205,7 @@ def plot(timeline: list[dict[str, Any]], baseline_s: float, path: Path, title: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="how long requests are sent")
-    parser.add_argument("--rate", type=float, default=5.0,
+    parser.add_argument("--rate", type=float, default=10.0,
                         help="requests per second, steady (keep it below what the gateway sustains routed)")
     parser.add_argument("--stream-fraction", type=float, default=0.5, help="share of requests that stream")
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS and latency samples")
@@ -211,7 +232,10 @@ def main() -> None:
         upstream_v1 = start_upstream(procs)
         gateway = start_gateway(procs, gateway_config(upstream_v1, args.router), database_url)
         gateway_process = psutil.Process(procs.started["gateway"].pid)
-        with progress() as bar:
+        watch = OtherWork()
+        watch.start()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
             task = bar.add_task("soak", total=len(prompts))
             errors: Counter[str] = Counter()
 
@@ -224,6 +248,7 @@ def main() -> None:
                 f"{gateway}/v1/chat/completions", prompts, args.rate, args.stream_fraction, args.sample_s,
                 gateway_process, advance,
             ))
+        other_work = watch.report()
         console.print("load done; waiting for the decision log to flush")
         counts, flush_wait_s = wait_for_records(database_url, len(samples))
         database_name = make_url(database_url).database
@@ -234,7 +259,8 @@ def main() -> None:
         "command": command_line(),
         "smoke": args.quick,
         "machine": machine(),
-        "note": "load generator, gateway and upstream share the same cores; latency counts from when a request was due",
+        "note": ("load generator (aiohttp, open loop), gateway and upstream share the same cores; latency counts from "
+                 "when a request was due; requests.generator_late is how late the generator sent them"),
         "router": version,
         "settings": {
             "minutes": args.minutes, "rate_per_s": args.rate, "stream_fraction": args.stream_fraction,
@@ -250,9 +276,11 @@ def main() -> None:
             "records_equal_requests": counts["records"] == len(samples) and counts["streamed"] == streamed,
             "flush_wait_s": flush_wait_s,
         },
+        "other_work": other_work,
         "rss_mb": rss_summary(timeline, baseline_s),
         "timeline": timeline,
     }
+    report["targets"] = targets(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(timeline, baseline_s, out.with_suffix(".png"),
@@ -261,12 +289,16 @@ def main() -> None:
     rss, log = report["rss_mb"], report["decision_log"]
     console.print(
         f"{requests['requests']} requests ({streamed} streamed), {requests['errors']} errors {dict(errors)}, "
-        f"p50 {requests['p50_ms']:.1f} ms, p99 {requests['p99_ms']:.1f} ms\n"
+        f"p50 {requests['p50_ms']:.1f} ms, p99 {requests['p99_ms']:.1f} ms over {requests['samples']} requests; "
+        f"the generator sent them late by p99 {requests['generator_late']['p99']:.2f} ms\n"
         f"RSS start {rss['start_mb']} MB, at {rss['baseline_t_s']:.0f} s {rss['baseline_mb']} MB, end {rss['end_mb']} MB "
         f"(growth {rss['growth_baseline_to_end_mb']} MB, {rss['growth_mb_per_min']} MB/min)\n"
         f"decision records {log['records']} for {log['requests_sent']} requests "
         f"({'equal' if log['records_equal_requests'] else 'NOT equal'}; flushed within {flush_wait_s} s)"
     )
+    console.print(f"other work on the machine during the load: {json.dumps(other_work)}")
+    for name, check in report["targets"].items():
+        console.print(f"[{'green' if check['met'] else 'bold red'}]{name}: {json.dumps(check)}[/]")
     console.print(f"written to {out} and {out.with_suffix('.png')}")
 
 

@@ -1,4 +1,4 @@
-"""SIMULATION for bench/batch.py: an OpenAI-compatible server with room for one model at a time.
+"""SIMULATION for bench.batch: an OpenAI-compatible server with room for one model at a time.
 
 It stands for a fleet that loads models on demand (Ollama with OLLAMA_MAX_LOADED_MODELS=1,
 llama-swap): requests are admitted in arrival order; one for a model other than the loaded one
@@ -8,17 +8,15 @@ loaded model run side by side, as a batching engine serves them. With --resident
 loaded (no waiting, no swaps): the always-loaded fleet. Answers are bench/upstream.py's echoes.
 GET /stats counts requests and swaps (the first load counts as one).
 
-    python bench/swap_upstream.py --port 9200 --swap-s 0.1 --gen-s 0.02 [--resident]
+    python -m bench.swap_upstream --port 9200 --swap-s 0.1 --gen-s 0.02 [--resident]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -26,10 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.upstream import chat as echo  # noqa: E402
-from bench.upstream import models  # noqa: E402
+from bench.upstream import chat as echo
+from bench.upstream import models
 
 
 class OneModelAtATime:

@@ -1,18 +1,23 @@
 """This gateway side by side with LiteLLM's proxy server, in front of the same fast local upstream.
 
-One run, one machine, one load generator (bench/harness.py): the scripted upstream called directly;
-through this gateway with routing on (`moe-auto`) and off (the expert `general` by name); and
-through LiteLLM's proxy (`litellm --config ...`, model `general` = `hosted_vllm/echo-general` at the
-same upstream). At each concurrency every target gets the same warm-up and then the same queries;
-the report gives latency added over direct (p50/p99) and the requests/s that many clients sustain.
+One run, one machine, one load generator (wrk, through bench/harness.py): the scripted upstream
+called directly (also the generator's ceiling, which must stay >= 5x every other row); through the
+floor (bench/floor_proxy.py: a bare Starlette + httpx pass-through, the least a Python proxy adds);
+through this gateway with routing on (`moe-auto`) and off (the expert `general` by name); and through
+LiteLLM's proxy (`litellm --config ...`, model `general` = `hosted_vllm/echo-general` at the same
+upstream). At each concurrency every target gets the same warm-up and then the same queries for the
+same time; the report gives latency added over direct (p50/p99, over every request, with sample
+counts), the requests/s that many clients sustain, and issue 13's checks against the floor (at 1
+client the routed request adds at most 3x the floor's p50; at 32 it sustains at least 0.5x the
+floor's requests/s).
 
 The proxy runs from its own virtualenv (.venv-litellm-proxy, made by scripts/setup-litellm-proxy.sh,
-which this script calls): `litellm[proxy]` pins packages the gateway's .venv must not inherit. Both
-servers get one worker process; the proxy runs without a database or master key and with logging
-at ERROR and its access log off. The JSON records every setting of both.
+which this script calls): `litellm[proxy]` pins packages the gateway's .venv must not inherit. Every
+server gets one worker process; the proxy runs without a database or master key and with logging
+at ERROR and its access log off. The JSON records every setting.
 
-    python bench/vs_litellm.py                 # the full run -> bench/results/vs_litellm.{json,png}
-    python bench/vs_litellm.py --quick         # a smoke run -> var/bench/vs_litellm.smoke.{json,png}
+    python -m bench.vs_litellm                 # the full run -> bench/results/vs_litellm.{json,png}
+    python -m bench.vs_litellm --quick         # a smoke run -> var/bench/vs_litellm.smoke.{json,png}
 """
 
 from __future__ import annotations
@@ -27,35 +32,43 @@ from typing import Any
 
 import matplotlib
 import yaml
-from harness import (
-    DEFAULT_ROUTER,
-    MAX_TOKENS,
-    REQUEST_TIMEOUT_S,
+
+from bench.harness import (
     ROOT,
+    OtherWork,
     Processes,
+    Target,
+    added_over,
     command_line,
+    console,
+    floor_targets,
     free_port,
-    gateway_config,
+    generator_ceiling,
     machine,
     measure,
+    print_checks,
     questions,
     router_version,
-    start_gateway,
-    start_upstream,
     stop_on_sigterm,
     wait_http,
 )
-from rich import box
-from rich.console import Console
-from rich.table import Table
+from bench.overhead import (
+    FLOOR_SETTINGS,
+    PROMPTS,
+    add_arguments,
+    gateway_settings,
+    load_settings,
+    print_table,
+    resolve,
+    start_base,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 
-console = Console()
 PROXY_VENV = ROOT / ".venv-litellm-proxy"
 EXPERT_TIMEOUT_S = 60.0  # the gateway's default expert timeout, given to the proxy too
-SYSTEMS = ("gateway_routed", "gateway_expert", "litellm_proxy")
+SYSTEMS = ("floor", "gateway_routed", "gateway_expert", "litellm_proxy")
 # uvicorn's loggers at WARNING and its access log off: the proxy writes nothing per request.
 QUIET_UVICORN = {
     "version": 1,
@@ -123,37 +136,25 @@ def start_litellm_proxy(procs: Processes, upstream_v1: str) -> tuple[str, dict[s
     return base, settings
 
 
-def gateway_settings(max_concurrency: int) -> dict[str, Any]:
-    return {
-        "command": "moe serve (uvicorn, 1 worker)",
-        "workers": 1,
-        "decision_log": "SQLite in the run's temporary folder (one record per request, batched off the request path)",
-        "logging": "the gateway's defaults: one access line per chat request to stderr (a file here)",
-        "api_keys": "off (default)",
-        "redis": "off (no REDIS_URL: no response cache, in-process breakers)",
-        "experts": f"3 on the upstream through litellm (hosted_vllm/echo-*), timeout {EXPERT_TIMEOUT_S:.0f} s, "
-                   f"max_retries 0, max_concurrency {max_concurrency} (no bound below the load)",
-        "router": "embedding (moe-auto), one routing thread",
-    }
-
-
 def plot(results: dict[str, Any], path: Path, title: str) -> None:
-    """Added p50, added p99 and requests/s, grouped by concurrency, one bar per system."""
+    """Added p50, added p99 and requests/s, grouped by concurrency, one bar per system (and direct's req/s)."""
     levels = list(results)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     panels = (("added_p50_ms", "added p50 over direct (ms)"), ("added_p99_ms", "added p99 over direct (ms)"),
               ("rps", "requests/s sustained"))
-    width = 0.8 / (len(SYSTEMS) + 1)
     for ax, (key, label) in zip(axes, panels, strict=True):
         systems = (*SYSTEMS, "direct") if key == "rps" else SYSTEMS
+        width = 0.8 / len(systems)
         for i, system in enumerate(systems):
             values = [results[c][system]["rps"] if key == "rps" else results[c][key][system] for c in levels]
+            values = [float("nan") if v is None else v for v in values]  # a target that answered nothing
             bars = ax.bar([x + i * width for x in range(len(levels))], values, width, label=system)
-            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+            ax.bar_label(bars, fmt="%.1f" if key != "rps" else "%.0f", fontsize=6)
         ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(levels))], levels)
         ax.set_xlabel("concurrency")
         ax.set_ylabel(label)
         ax.axhline(0, color="grey", linewidth=0.5)
+    axes[2].set_yscale("log")  # direct runs an order of magnitude above the rest
     axes[2].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -163,42 +164,24 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000,
-                        help="measured requests per target and concurrency (1,000 took 3 s at 32 clients: too noisy)")
-    parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests before each measurement")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128], help="clients in flight")
-    parser.add_argument("--router", type=Path, default=DEFAULT_ROUTER, help="trained router artifact to route with")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 60 requests and 10 warm-up per point, written under var/bench/")
-    parser.add_argument("--out", type=Path, help="report JSON (the plot goes beside it as .png); "
-                        "default bench/results/vs_litellm.json, or var/bench/vs_litellm.smoke.json with --quick")
+    add_arguments(parser, "vs_litellm", [1, 32, 128])
     args = parser.parse_args()
-    if args.quick:
-        args.requests, args.warmup = 60, 10
-    out: Path = args.out or (ROOT / ("var/bench/vs_litellm.smoke.json" if args.quick else "bench/results/vs_litellm.json"))
+    out = resolve(args, "vs_litellm")
     version = router_version(args.router)
     stop_on_sigterm()
 
     work = Path(tempfile.mkdtemp(prefix="moe-vs-litellm-"))
-    prompts = questions(args.requests + args.warmup)
-    warmup, measured = prompts[: args.warmup], prompts[args.warmup :]
     max_concurrency = max(args.concurrency)
     with Processes(work) as procs:
-        upstream_v1 = start_upstream(procs)
-        gateway = start_gateway(procs, gateway_config(upstream_v1, args.router, max_concurrency),
-                                f"sqlite:///{work}/decisions.db")
+        upstream_v1, targets = start_base(procs, args.router, max_concurrency)
         proxy, proxy_settings = start_litellm_proxy(procs, upstream_v1)
-        targets = {
-            "direct": (f"{upstream_v1}/chat/completions", "echo-general"),
-            "gateway_routed": (f"{gateway}/v1/chat/completions", "moe-auto"),
-            "gateway_expert": (f"{gateway}/v1/chat/completions", "general"),
-            "litellm_proxy": (f"{proxy}/v1/chat/completions", "general"),
-        }
-        results = measure(targets, warmup, measured, args.concurrency)
-        for row in results.values():
-            for stat in ("p50", "p99"):
-                direct = row["direct"][f"{stat}_ms"]
-                row[f"added_{stat}_ms"] = {s: round(row[s][f"{stat}_ms"] - direct, 3) for s in SYSTEMS}
+        targets["litellm_proxy"] = Target(f"{proxy}/v1/chat/completions", "general")
+        watch = OtherWork()
+        watch.start()
+        results = measure(targets, questions(PROMPTS), args.concurrency, args.duration, args.warmup, work)
+        other_work = watch.report()
+    added_over(results, SYSTEMS)
+    ceiling, checks = generator_ceiling(results), floor_targets(results)
 
     report = {
         "command": command_line(),
@@ -209,29 +192,24 @@ def main() -> None:
                  "its last returns), i.e. the maximum at that concurrency"),
         "router": version,
         "settings": {
-            "load": {"generator": "bench/harness.py closed_loop (httpx, in the benchmark's process)",
-                     "requests": args.requests, "warmup": args.warmup, "max_tokens": MAX_TOKENS, "stream": False,
-                     "timeout_s": REQUEST_TIMEOUT_S, "prompts": "MMLU-Pro test questions"},
+            "load": load_settings(args),
             "upstream": "bench/upstream.py: echoes the prompt, one uvicorn process",
+            "floor": FLOOR_SETTINGS,
             "gateway": gateway_settings(max_concurrency),
             "litellm_proxy": proxy_settings,
         },
+        "other_work": other_work,
+        "generator_ceiling": ceiling,
+        "targets": checks,
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, out.with_suffix(".png"), f"vs LiteLLM proxy {proxy_settings['litellm_version']}"
-         + (" (smoke run)" if args.quick else ""))
-
-    table = Table("conc", "target", "p50", "p99", "+p50", "+p99", "req/s", "err", box=box.SIMPLE_HEAD,
-                  title="gateway vs LiteLLM proxy, ms (+ = added over direct)" + (", smoke run" if args.quick else ""))
-    for level, row in results.items():
-        for name in targets:
-            r = row[name]
-            added = (f"{row['added_p50_ms'][name]:.2f}", f"{row['added_p99_ms'][name]:.2f}") if name in SYSTEMS else ("", "")
-            table.add_row(level, name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", *added, f"{r['rps']:.0f}",
-                          str(r["errors"]))
-    console.print(table)
+    plot(results, out.with_suffix(".png"), f"vs LiteLLM proxy {proxy_settings['litellm_version']}, floor = bare "
+         "Starlette + httpx pass-through" + (" (smoke run)" if args.quick else ""))
+    print_table(results, list(targets), SYSTEMS, "gateway vs LiteLLM proxy" + (", smoke run" if args.quick else ""))
+    print_checks(ceiling, checks)
+    console.print(f"other work on the machine during the load: {json.dumps(other_work)}")
     console.print(f"written to {out} and {out.with_suffix('.png')}")
 
 

@@ -1,0 +1,5 @@
+"""routers/: the router families, their features, encoder, cost model and policy.
+
+No server here: no PostgreSQL, Redis, vLLM or gateway, and no fixture from tests/gateway. CI runs this
+room with every server URL pointed at a closed port (.ci/run).
+"""
