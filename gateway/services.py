@@ -20,8 +20,10 @@ from gateway.keys.guard import KeyGuard
 from gateway.keys.rate_limit import RateLimiter
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import GatewayMetrics
+from gateway.reload import RouterReloader
 from gateway.settings import Settings
 from gateway.shared_state import SharedState
+from migrations.router_versions import RouterVersions
 from routers import Router, load_router
 from routers.policy import parse_knob
 
@@ -72,6 +74,7 @@ class Services:
     keys: KeyGuard
     pool: ExpertPool
     chat: ChatService
+    reloader: RouterReloader
 
     @classmethod
     def build(
@@ -100,22 +103,29 @@ class Services:
         keys = KeyGuard(KeyStore(decision_log.engine), RateLimiter(state),
                         required=settings.moe_require_api_key and serving, cache_ttl_s=settings.moe_key_cache_ttl_s)
         pool = ExpertPool(config.experts, state.breakers, health)
-        chat = ChatService(config, routers, pool, decision_log, state, keys=keys, metrics=metrics,
+        serving_routers = dict(routers)  # one dict: the reloader swaps a router in where requests find it
+        chat = ChatService(config, serving_routers, pool, decision_log, state, keys=keys, metrics=metrics,
                            log_prompts=settings.moe_log_prompts, tracer=tracer)
-        return cls(config, dict(routers), decision_log, health, state, keys, pool, chat)
+        reloader = RouterReloader(serving_routers, RouterVersions(decision_log.engine),
+                                  [e.profile() for e in config.experts], settings.moe_router_versions_dir,
+                                  settings.moe_router_poll_s)
+        return cls(config, serving_routers, decision_log, health, state, keys, pool, chat, reloader)
 
     async def start(self, *, background: bool = True) -> None:
-        """`background`: the health probes, the Redis watch and the key-spend writer run too (a batch probes the
-        experts once instead)."""
+        """`background`: the health probes, the Redis watch, the key-spend writer and the router reload run too (a
+        batch probes the experts and reads the active router versions once instead)."""
         await self.decision_log.start()
         if background:
             await self.health.start()
             await self.state.start()
             await self.keys.start()
+            await self.reloader.start()
         else:
             await self.health.check_all()
+            await self.reloader.check()
 
     async def stop(self) -> None:
+        await self.reloader.stop()
         self.chat.close()
         await self.pool.aclose()
         await self.health.stop()

@@ -37,3 +37,9 @@ class Settings(BaseSettings):
     moe_key_cache_ttl_s: float = Field(
         10.0, gt=0, description="how long a looked-up API key is trusted; a revocation takes effect within it"
     )
+    moe_router_poll_s: float = Field(
+        2.0, gt=0, description="how often the active router versions are read from the database (hot reload)"
+    )
+    moe_router_versions_dir: Path = Field(
+        Path("var/routers/.versions"), description="where router versions fetched from the database are unpacked"
+    )

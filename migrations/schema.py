@@ -8,7 +8,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -100,6 +111,26 @@ class FeedbackRow(Base):
     api_key_id: Mapped[int | None] = mapped_column(Integer)  # who gave it
     tenant: Mapped[str | None] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RouterVersionRow(Base):
+    """A trained router artifact for one of the config's routers, stored whole (a gzipped tar) so every replica on
+    any machine can load it: candidate, shadow, active (at most one per router) or retired."""
+
+    __tablename__ = "router_versions"
+    __table_args__ = (UniqueConstraint("router", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    router: Mapped[str] = mapped_column(String(100), index=True)  # the config's router name
+    family: Mapped[str] = mapped_column(String(50))
+    version: Mapped[str] = mapped_column(String(100))  # the artifact's own (router.json)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    parent_id: Mapped[int | None] = mapped_column(Integer)  # the version it was retrained from
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

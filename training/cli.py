@@ -121,5 +121,89 @@ def eval_(
     console.print(f"wrote {json_out} and {png_out}")
 
 
+# -- versions in the database: what every gateway replica serves -----------------------------------
+# The gateway's own default (gateway/settings.py): the same DATABASE_URL finds the same log and versions.
+DatabaseUrl = Annotated[str, typer.Option(envvar="DATABASE_URL", help="the decision log's database")]
+DEFAULT_DATABASE_URL = "sqlite:///var/moe.db"
+
+
+def _versions(database_url: str):  # noqa: ANN202 - RouterVersions, imported late like every command's work
+    from sqlalchemy import create_engine
+
+    from migrations.router_versions import RouterVersions
+
+    return RouterVersions(create_engine(database_url))
+
+
+def _version_table(versions: list) -> Table:  # noqa: ANN001 - VersionInfo rows
+    table = Table("id", "router", "version", "family", "status", "parent", "updated")
+    for v in versions:
+        table.add_row(str(v.id), v.router, v.version, v.family, v.status, str(v.parent_id or ""),
+                      f"{v.updated_at:%Y-%m-%d %H:%M:%S}")
+    return table
+
+
+@app.command()
+def register(
+    router: Annotated[str, typer.Argument(help="the config's router name (routers: - name:)")],
+    artifact: Annotated[Path, typer.Argument(help="a trained artifact directory")],
+    status: Annotated[str, typer.Option(help="candidate, shadow, active or retired")] = "candidate",
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+) -> None:
+    """Store a trained artifact in the database as a version of ROUTER (every replica can then load it)."""
+    from migrations.router_versions import VersionError
+
+    try:
+        info = _versions(database_url).register(router, artifact, status=status)
+    except (VersionError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{router} version {info.id} ({info.version}) is {info.status}")
+
+
+@app.command()
+def versions(
+    router: Annotated[str | None, typer.Argument(help="only this router's versions")] = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+) -> None:
+    """Router versions in the database, oldest first."""
+    console.print(_version_table(_versions(database_url).list(router)))
+
+
+@app.command()
+def promote(
+    version_id: Annotated[int, typer.Argument(help="the version's id (`moe router versions`)")],
+    to: Annotated[str, typer.Option(help="active (serve it; the active one retires) or shadow")] = "active",
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+) -> None:
+    """Make a version active (every replica serves it within MOE_ROUTER_POLL_S) or shadow."""
+    from migrations.router_versions import VersionError
+
+    if to not in ("active", "shadow"):
+        raise typer.BadParameter("active or shadow", param_hint="--to")
+    try:
+        info = _versions(database_url).set_status(version_id, to)
+    except VersionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{info.router} version {info.id} ({info.version}) is {info.status}")
+
+
+@app.command()
+def revert(
+    router: Annotated[str, typer.Argument(help="the config's router name")],
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+) -> None:
+    """Retire ROUTER's active version and serve the one active before it again."""
+    from migrations.router_versions import VersionError
+
+    try:
+        info = _versions(database_url).revert(router)
+    except VersionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{info.router} version {info.id} ({info.version}) is active again")
+
+
 if __name__ == "__main__":
     app()

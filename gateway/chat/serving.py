@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,7 @@ class ChatService:
     def __init__(
         self,
         config: GatewayConfig,
-        routers: Mapping[str, Router],
+        routers: dict[str, Router],
         pool: ExpertPool,
         decision_log: DecisionLog,
         state: SharedState,
@@ -62,7 +61,7 @@ class ChatService:
         log_prompts: bool = False,
         tracer: RequestTracer | None = None,
     ) -> None:
-        self.routers = dict(routers)
+        self.routers = routers  # swapped entry by entry when a new router version is served (gateway/reload.py)
         self.pool = pool
         self.decision_log = decision_log
         self.state = state
