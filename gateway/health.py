@@ -50,6 +50,7 @@ async def readyz(request: Request) -> JSONResponse:
         "redis": {"configured": services.state.configured, "reachable": services.state.redis_ok},
         "decision_log": services.decision_log.status().as_dict(),  # says whether the database answers
         "in_flight": in_flight.current,
+        "router_versions": services.reloader.loaded(),
         "experts": {n: {"healthy": h.healthy, "error": h.error} for n, h in services.health.status.items()},
     }
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -104,11 +104,12 @@ class Services:
                         required=settings.moe_require_api_key and serving, cache_ttl_s=settings.moe_key_cache_ttl_s)
         pool = ExpertPool(config.experts, state.breakers, health)
         serving_routers = dict(routers)  # one dict: the reloader swaps a router in where requests find it
-        chat = ChatService(config, serving_routers, pool, decision_log, state, keys=keys, metrics=metrics,
-                           log_prompts=settings.moe_log_prompts, tracer=tracer)
         reloader = RouterReloader(serving_routers, RouterVersions(decision_log.engine),
                                   [e.profile() for e in config.experts], settings.moe_router_versions_dir,
                                   settings.moe_router_poll_s)
+        chat = ChatService(config, serving_routers, pool, decision_log, state, keys=keys, metrics=metrics,
+                           shadows=reloader.shadows, shadow_share=settings.moe_shadow_share,
+                           log_prompts=settings.moe_log_prompts, tracer=tracer)
         return cls(config, serving_routers, decision_log, health, state, keys, pool, chat, reloader)
 
     async def start(self, *, background: bool = True) -> None:

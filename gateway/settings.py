@@ -43,3 +43,6 @@ class Settings(BaseSettings):
     moe_router_versions_dir: Path = Field(
         Path("var/routers/.versions"), description="where router versions fetched from the database are unpacked"
     )
+    moe_shadow_share: float = Field(
+        0.1, ge=0, le=1, description="share of routed requests a shadow router version also decides (never served)"
+    )

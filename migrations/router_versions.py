@@ -106,10 +106,12 @@ class RouterVersions:
                 query = query.where(RouterVersionRow.router == router)
             return [VersionInfo.of(row) for row in session.scalars(query)]
 
-    def active(self, router: str) -> VersionInfo | None:
+    def latest(self, router: str, status: str) -> VersionInfo | None:
+        """The router's version with this status (the active one; the newest shadow), if any."""
         with Session(self.engine) as session:
             row = session.scalars(select(RouterVersionRow).where(
-                RouterVersionRow.router == router, RouterVersionRow.status == "active")).first()
+                RouterVersionRow.router == router, RouterVersionRow.status == status)
+                .order_by(RouterVersionRow.updated_at.desc(), RouterVersionRow.id.desc())).first()
             return None if row is None else VersionInfo.of(row)
 
     def artifact(self, version_id: int, directory: Path) -> Path:

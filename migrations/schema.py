@@ -48,6 +48,12 @@ class DecisionRow(Base):
     # the choice was exploration: what off-policy estimates from the log need.
     propensity: Mapped[float | None] = mapped_column(Float)
     explored: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A shadow router version's decision on the same request (sampled; never served): which version, its pick,
+    # whether it agrees with the served pick, and its predicted quality minus the served router's.
+    shadow_version: Mapped[str | None] = mapped_column(String(200))
+    shadow_expert: Mapped[str | None] = mapped_column(String(200))
+    shadow_agrees: Mapped[bool | None] = mapped_column(Boolean)
+    shadow_delta: Mapped[float | None] = mapped_column(Float)
     routing_ms: Mapped[float | None] = mapped_column(Float)
     upstream_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)

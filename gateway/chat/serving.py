@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -36,7 +38,7 @@ from gateway.keys.store import ApiKey
 from gateway.observability.logs import log_request
 from gateway.observability.metrics import GatewayMetrics
 from gateway.shared_state import SharedState
-from routers.base import Router
+from routers.base import Decision, Router
 from routers.exploration import choose
 
 if TYPE_CHECKING:  # tracing's instrumentation and exporter load only when it is on
@@ -58,6 +60,8 @@ class ChatService:
         *,
         keys: KeyGuard,
         metrics: GatewayMetrics,
+        shadows: Mapping[str, Router] | None = None,
+        shadow_share: float = 0.0,
         log_prompts: bool = False,
         tracer: RequestTracer | None = None,
     ) -> None:
@@ -69,6 +73,8 @@ class ChatService:
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.tracer = tracer
+        self.shadows = shadows if shadows is not None else {}  # router name -> its shadow version (gateway/reload.py)
+        self.shadow_share = shadow_share
         self.targets = Targets(config, self.routers)
         self.cache = ResponseCache(state)
         self.batcher = RoutingBatcher()
@@ -128,6 +134,9 @@ class ChatService:
         record.ranked = [{"expert": s.name, "score": round(s.score, 6)} for s in decision.ranked]
         record.recruited = list(decision.recruited)
         record.confidence = decision.confidence
+        if target.virtual_model and (shadow := self.shadows.get(target.virtual_model.router)) is not None \
+                and random.random() < self.shadow_share:
+            await self._shadow(shadow, target, record, messages, decision)
         ranked = [decision.chosen] + [s.name for s in decision.ranked if s.name != decision.chosen]
         ranked = [name for name in ranked if name in self.pool]
         exploration = target.virtual_model.exploration if target.virtual_model else None
@@ -138,6 +147,16 @@ class ChatService:
             choice = choose(ranked, [score.get(n, 0.0) for n in ranked], exploration.epsilon, exploration.distribution)
             ranked, record.propensity, record.explored = choice.order, choice.propensity, choice.explored
         return await self.pool.up_first(ranked)
+
+    async def _shadow(
+        self, shadow: Router, target: Target, record: DecisionRecord, messages: list[dict[str, Any]], served: Decision
+    ) -> None:
+        """The shadow version's decision on the same request, recorded beside the served one and never served."""
+        decision = await self.batcher.decide(shadow, messages, target.policy)
+        record.shadow_version = f"{decision.router}@{decision.version}"
+        record.shadow_expert = decision.chosen
+        record.shadow_agrees = decision.chosen == served.chosen
+        record.shadow_delta = round(_score(decision, decision.chosen) - _score(served, served.chosen), 6)
 
     async def _plan(
         self, target: Target, body: ChatCompletionRequest, messages: list[dict[str, Any]], record: DecisionRecord
@@ -283,6 +302,10 @@ class ChatService:
             raise all_failed(failed.failures) from None
         record.chosen_expert = call.expert
         return OpenStream(call, chunks, first, started)
+
+
+def _score(decision: Decision, expert: str) -> float:
+    return next((s.score for s in decision.ranked if s.name == expert), 0.0)
 
 
 def all_failed(failures: list[ExpertFailure]) -> APIError:

@@ -33,6 +33,10 @@ class DecisionRecord:
     confidence: float | None = None
     propensity: float | None = None  # P(the serving policy sends the request to `chosen_expert` first); None: no router
     explored: bool = False  # the choice was exploration (a virtual model's `exploration`)
+    shadow_version: str | None = None  # a shadow router version's decision beside the served one (never served)
+    shadow_expert: str | None = None
+    shadow_agrees: bool | None = None
+    shadow_delta: float | None = None  # its predicted quality of its pick minus the served router's of its own
     routing_ms: float | None = None
     upstream_ms: float | None = None
     ttft_ms: float | None = None

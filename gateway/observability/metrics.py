@@ -12,6 +12,7 @@ from gateway.decisions.log import LogStatus
 from gateway.decisions.record import DecisionRecord
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_DELTA_BUCKETS = (-0.5, -0.2, -0.1, -0.05, -0.01, 0, 0.01, 0.05, 0.1, 0.2, 0.5)
 _ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -35,6 +36,11 @@ class GatewayMetrics:
                                      registry=self.registry)
         self.fallbacks = Counter("llm_model_fallbacks", "Requests answered by other than the router's first pick",
                                  ("virtual_model", "router"), registry=self.registry)
+        self.shadow = Counter("llm_router_shadow_decisions", "Shadow router decisions, by agreement with the served one",
+                              ("router", "shadow", "agreement"), registry=self.registry)
+        self.shadow_delta = Histogram("llm_router_shadow_quality_delta",
+                                      "Shadow's predicted quality of its pick minus the served router's of its own",
+                                      ("router", "shadow"), buckets=_DELTA_BUCKETS, registry=self.registry)
         self.decision_log_pending = Gauge("llm_decision_log_pending", "Decision records not yet written",
                                           registry=self.registry)
         self.decision_log_spilled = Gauge("llm_decision_log_spilled_files", "Files of records spilled to disk",
@@ -76,6 +82,10 @@ class GatewayMetrics:
         for call in record.calls:
             if call.status not in ("ok", "pending"):
                 self.expert_errors.labels(call.expert, call.status).inc()
+        if record.shadow_version is not None:
+            self.shadow.labels(router, record.shadow_version, "agree" if record.shadow_agrees else "disagree").inc()
+            if record.shadow_delta is not None:
+                self.shadow_delta.labels(router, record.shadow_version).observe(record.shadow_delta)
         if record.ranked and record.chosen_expert and record.ranked[0]["expert"] != record.chosen_expert:
             self.fallbacks.labels(vm, router).inc()
 

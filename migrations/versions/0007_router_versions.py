@@ -1,4 +1,4 @@
-"""router_versions: trained router artifacts stored in the database, with their status
+"""router_versions: trained router artifacts stored in the database, with their status; shadow decisions
 
 Revision ID: 0007
 Revises: 0006
@@ -36,9 +36,17 @@ def upgrade() -> None:
     with op.batch_alter_table("router_versions") as batch_op:
         batch_op.create_index(batch_op.f("ix_router_versions_router"), ["router"], unique=False)
         batch_op.create_index(batch_op.f("ix_router_versions_status"), ["status"], unique=False)
+    with op.batch_alter_table("decisions") as batch_op:
+        batch_op.add_column(sa.Column("shadow_version", sa.String(length=200), nullable=True))
+        batch_op.add_column(sa.Column("shadow_expert", sa.String(length=200), nullable=True))
+        batch_op.add_column(sa.Column("shadow_agrees", sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column("shadow_delta", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("decisions") as batch_op:
+        for column in ("shadow_delta", "shadow_agrees", "shadow_expert", "shadow_version"):
+            batch_op.drop_column(column)
     with op.batch_alter_table("router_versions") as batch_op:
         batch_op.drop_index(batch_op.f("ix_router_versions_status"))
         batch_op.drop_index(batch_op.f("ix_router_versions_router"))

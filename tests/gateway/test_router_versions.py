@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gateway.cli import app as cli
 from gateway.migrate import upgrade
 from migrations.router_versions import RouterVersions, VersionError, pack, unpack
-from tests.gateway.support import MATH_QUESTION, routed_config, running_gateway, wait_for
+from tests.gateway.support import MATH_QUESTION, decisions, routed_config, running_gateway, wait_for
 
 
 def retagged(artifact: Path, directory: Path, version: str) -> Path:
@@ -44,7 +44,7 @@ def test_versions_register_promote_and_revert(router_artifact: Path, database_ur
         (changed / "extra.txt").write_text("not the same artifact")
         versions.register("embedding", changed)
     b = versions.register("embedding", retagged(router_artifact, tmp_path / "b", "v-b"))
-    assert (versions.active("embedding").id, b.status) == (a.id, "candidate")
+    assert (versions.latest("embedding", "active").id, b.status) == (a.id, "candidate")
 
     moe_router("promote", str(b.id), database_url=database_url)
     assert [(v.id, v.status) for v in versions.list("embedding")] == [(a.id, "retired"), (b.id, "active")]
@@ -110,3 +110,30 @@ def test_every_replica_serves_a_promoted_version_without_a_failed_request(
             worker.join()
     assert failures == []
     assert {header for _, header in served} == {f"embedding-domain@{first.version}", "embedding-domain@v-second"}
+
+
+def test_a_shadow_version_decides_beside_the_served_one_and_is_never_served(
+    healthy_experts: list[dict[str, Any]], router_artifact: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    upgrade(sqlite_url)
+    versions = RouterVersions(create_engine(sqlite_url))
+    served = versions.register("embedding", router_artifact, status="active")
+    shadow = versions.register("embedding", retagged(router_artifact, tmp_path / "shadow", "v-shadow"), status="shadow")
+    settings = {"moe_router_poll_s": 0.2, "moe_router_versions_dir": tmp_path / "versions", "moe_shadow_share": 1.0}
+    body = {"model": "moe-auto", "messages": [{"role": "user", "content": MATH_QUESTION}]}
+    with running_gateway(routed_config(healthy_experts, router_artifact), sqlite_url, tmp_path, **settings) as gw:
+        headers = [httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=30).headers for _ in range(4)]
+        metrics = httpx.get(f"{gw.base_url}/metrics").text
+        versions.set_status(shadow.id, "retired")
+        wait_for(lambda: httpx.get(f"{gw.base_url}/readyz").json()["router_versions"]["embedding"]
+                 == {"active": served.id, "shadow": None}, what="the retired shadow dropped")
+        after = httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=30)
+        wait_for(lambda: len(decisions(sqlite_url)) == 5, what="every decision written")
+    assert {h["x-moe-router"] for h in headers} == {f"embedding-domain@{served.version}"}  # never served
+    *shadowed, last = decisions(sqlite_url)
+    for record in shadowed:  # the same weights under another version: the same pick, no predicted difference
+        assert (record.shadow_version, record.shadow_expert, record.shadow_agrees, record.shadow_delta) == (
+            "embedding-domain@v-shadow", record.chosen_expert, True, 0.0)
+    assert last.id == after.headers["x-moe-decision-id"] and last.shadow_version is None
+    assert ('llm_router_shadow_decisions_total{agreement="agree",router="embedding-domain",'
+            'shadow="embedding-domain@v-shadow"} 4.0') in metrics
