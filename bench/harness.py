@@ -91,6 +91,7 @@ def command_line() -> str:
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "nice": os.nice(0),  # the servers and wrk inherit it
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -120,8 +121,9 @@ class OtherWork:
 
     @staticmethod
     def _busy() -> float:
-        times = psutil.cpu_times()
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        times = psutil.cpu_times()._asdict()
+        # guest time is already counted in user time; idle and iowait are not busy.
+        return sum(v for k, v in times.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
 
     def _ours(self) -> float:
         total = sum(self.me.cpu_times()[:4])  # user, system, and children's that were waited for (wrk runs)
