@@ -11,22 +11,30 @@ loads them.
 The static encoder is the same model distilled by model2vec into one embedding per word piece
 (the model's output for that piece alone, weighted by its rarity): a query's embedding is the mean
 of its pieces', a table lookup rather than a forward pass. Distilled once (about 12 s), cached.
+
+Routing reads the caches only, named by the `encoder` a router's manifest records: the static table
+with numpy (memory-mapped) and tokenizers (not model2vec, whose loader imports huggingface_hub's whole
+API: about 1 s of a gateway's start), the contextual graph with ONNX Runtime and the tokenizer copied
+beside it. So a serving install has neither the weights package (which requires sentence-transformers,
+hence torch) nor model2vec: the caches are built ahead, by an install with the `train` extra
+(`moe router train` builds those its router reads; the container image builds both).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -61,6 +69,26 @@ def static_id() -> str:
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+
+
+class EncoderCacheMissing(RuntimeError):
+    """A router needs an encoder cache this install cannot build (it has no `train` extra, or other weights)."""
+
+
+def _buildable(identity: str, installed_id: Callable[[], str]) -> bool:
+    """Whether `identity` names the installed weights, so that its missing cache can be built here."""
+    try:
+        return identity == installed_id()
+    except PackageNotFoundError:  # a serving install: no weights package
+        return False
+
+
+def _missing(what: Path, identity: str) -> EncoderCacheMissing:
+    return EncoderCacheMissing(
+        f"no encoder cache at {what} ({identity}): build it ahead with an install that has the `train` extra and "
+        f"the same weights package, into the same {CACHE_DIR_ENV} (`moe router train` builds it for its router, "
+        "or: python -c 'from routers import encoder; encoder.load_static_encoder(); encoder.load_encoder()')"
+    )
 
 
 def _model_path() -> Path:
@@ -128,6 +156,8 @@ class Encoder:
         self.width = int(self.session.get_outputs()[0].shape[-1])
 
     def __call__(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        from tqdm import tqdm
+
         out = np.zeros((len(texts), self.width), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(list(texts))
         for rows in tqdm(_similar_lengths(encodings, batch_size), desc="embedding", unit="batch", disable=not progress):
@@ -156,12 +186,25 @@ def _similar_lengths(encodings: Sequence[Encoding], batch_size: int) -> list[lis
     return batches
 
 
+def load_encoder(identity: str | None = None) -> Encoder:
+    """The contextual encoder `identity` names (default: the installed weights'), exported on first use where
+    the weights are installed."""
+    return _load_encoder(identity or encoder_id())
+
+
 @cache
-def load_encoder() -> Encoder:
-    graph = cache_dir() / "onnx" / f"{encoder_id()}.onnx"
-    if not graph.is_file():
-        export_onnx(graph)
-    return onnx_runner(graph, _model_path() / "tokenizer.json", MAX_SEQ_LENGTH)
+def _load_encoder(identity: str) -> Encoder:
+    graph = cache_dir() / "onnx" / f"{identity}.onnx"
+    tokenizer = graph.with_suffix(".tokenizer.json")  # beside the graph: routing needs no weights package
+    if not (graph.is_file() and tokenizer.is_file()):
+        if not _buildable(identity, encoder_id):
+            raise _missing(graph, identity)
+        if not graph.is_file():
+            export_onnx(graph)
+        with tempfile.NamedTemporaryFile(dir=graph.parent, suffix=".json", delete=False) as tmp:
+            shutil.copyfile(_model_path() / "tokenizer.json", tmp.name)
+        os.replace(tmp.name, tokenizer)
+    return onnx_runner(graph, tokenizer, MAX_SEQ_LENGTH)
 
 
 def onnx_runner(graph: Path, tokenizer_file: Path, max_length: int) -> Encoder:
@@ -176,6 +219,7 @@ def onnx_runner(graph: Path, tokenizer_file: Path, max_length: int) -> Encoder:
 
 @cache
 def load_static_encoder() -> StaticModel:
+    """The installed weights' static encoder as model2vec's StaticModel, distilled into the cache on first use."""
     from model2vec import StaticModel
 
     directory = cache_dir() / "static" / static_id()
@@ -196,28 +240,97 @@ def load_static_encoder() -> StaticModel:
     return StaticModel.from_pretrained(directory)
 
 
-def embed_static(texts: Sequence[str]) -> np.ndarray:
+@dataclass(frozen=True)
+class StaticTable:
+    """What routing reads of a distilled static encoder: its word pieces' embeddings and their tokenizer."""
+
+    embedding: np.ndarray  # [vocabulary, dim]
+    tokenizer: Tokenizer
+    unk_token_id: int | None
+    chars: int | None  # `StaticModel.encode` cuts a text at max_length * median_token_length characters first
+
+    @classmethod
+    def read(cls, directory: Path) -> StaticTable:
+        """The folder `StaticModel.save_pretrained` wrote, read as `StaticModel.from_pretrained` would."""
+        from tokenizers import Tokenizer
+
+        tensors = _memory_mapped(directory / "model.safetensors")
+        if set(tensors) != {"embeddings"}:  # `distill` writes a plain lookup: no vocabulary quantization
+            raise ValueError(f"{directory}: unexpected tensors {sorted(tensors)}")
+        config = json.loads((directory / "config.json").read_text())
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tokenizer.no_padding()
+        max_length = config.get("max_length", 512)  # model2vec's default
+        if max_length is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(max_length)
+        unk = getattr(tokenizer.model, "unk_token", None)
+        median = int(np.median([len(token) for token in tokenizer.get_vocab()]))
+        return cls(tensors["embeddings"], tokenizer, None if unk is None else tokenizer.token_to_id(unk),
+                   None if max_length is None else max_length * median)
+
+
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+
+
+def _memory_mapped(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors as read-only memory maps: nothing is copied at a start, and the worker
+    processes of one gateway share the pages. The format: an 8-byte little-endian header length, a JSON header
+    (per tensor: dtype, shape, byte offsets into the data), the data."""
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    tensors = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = np.dtype(_SAFETENSORS_DTYPES[spec["dtype"]]).newbyteorder("<")
+        begin, end = spec["data_offsets"]
+        shape = tuple(spec["shape"])
+        if end - begin != dtype.itemsize * int(np.prod(shape)):
+            raise ValueError(f"{path}: tensor {name} holds {end - begin} bytes, not {shape} of {dtype}")
+        tensors[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + length + begin, shape=shape)
+    return tensors
+
+
+def static_table(identity: str | None = None) -> StaticTable:
+    """The static encoder `identity` names (default: the installed weights'), distilled on first use where the
+    weights are installed."""
+    return _static_table(identity or static_id())
+
+
+@cache
+def _static_table(identity: str) -> StaticTable:
+    directory = cache_dir() / "static" / identity
+    if not (directory / "config.json").is_file():
+        if not _buildable(identity, static_id):
+            raise _missing(directory, identity)
+        load_static_encoder()
+    return StaticTable.read(directory)
+
+
+def embed_static(texts: Sequence[str], identity: str | None = None) -> np.ndarray:
     """Unit-length float32 static embeddings, shape (len(texts), 384): what `StaticModel.encode` returns
-    (tests/test_encoder.py checks), computed text by text.
+    (tests/routers/test_encoder.py checks), computed text by text.
 
     `encode` tokenizes through the tokenizer's `encode_batch`, which releases the GIL: in a gateway whose
     other threads are busy (litellm prepares each call in a worker thread) getting it back took a switch
     interval, about 5 ms, where the work takes 0.1 ms. `Tokenizer.encode` keeps the GIL.
     """
-    model = load_static_encoder()
-    assert model.token_mapping is None and model.weights is None  # how `distill` builds it: a plain lookup
-    chars = model.max_length * model.median_token_length  # `encode` cuts the text there before tokenizing
-    out = np.zeros((len(texts), model.dim), dtype=np.float32)
+    table = static_table(identity)
+    out = np.zeros((len(texts), table.embedding.shape[1]), dtype=np.float32)
     for row, text in enumerate(texts):
-        ids = [i for i in model.tokenizer.encode(text[:chars], add_special_tokens=False).ids if i != model.unk_token_id]
+        ids = [i for i in table.tokenizer.encode(text[: table.chars], add_special_tokens=False).ids
+               if i != table.unk_token_id]
         if ids:
-            out[row] = model.embedding[ids].mean(axis=0)
+            out[row] = table.embedding[ids].mean(axis=0)
     return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-32)
 
 
-def embed(texts: Sequence[str], *, progress: bool = False, batch_size: int = 64) -> np.ndarray:
+def embed(texts: Sequence[str], *, progress: bool = False, batch_size: int = 64, identity: str | None = None) -> np.ndarray:
     """Unit-length float32 embeddings, shape (len(texts), 384)."""
-    return load_encoder()(list(texts), batch_size=batch_size, progress=progress)
+    return load_encoder(identity)(list(texts), batch_size=batch_size, progress=progress)
 
 
 def cached_embeddings(texts: Sequence[str], *, progress: bool = True) -> np.ndarray:

@@ -79,6 +79,9 @@ class Lexicon:
 class QueryFeatures:
     kind: str
     lexicon: Lexicon | None = None
+    # The exact encoder a loaded artifact was trained with (its manifest's `encoder`): routing reads that one's
+    # cache; None (fitting, or an artifact older than the field): the installed weights'.
+    identity: str | None = None
 
     @classmethod
     def fit(cls, kind: str, texts: Sequence[str]) -> QueryFeatures:
@@ -98,8 +101,8 @@ class QueryFeatures:
 
     def _embed(self, texts: Sequence[str], *, cached: bool) -> np.ndarray:
         if self.encoder == "static":
-            return encoder.embed_static(texts)
-        return encoder.cached_embeddings(texts) if cached else encoder.embed(texts)
+            return encoder.embed_static(texts, self.identity)
+        return encoder.cached_embeddings(texts) if cached else encoder.embed(texts, identity=self.identity)
 
     def _features(self, texts: Sequence[str], *, cached: bool) -> np.ndarray:
         embeddings = self._embed(texts, cached=cached)
@@ -115,7 +118,8 @@ class QueryFeatures:
 
     def params(self) -> dict[str, Any]:
         """What the manifest records: the kind and the exact encoder."""
-        return {"features": self.kind, "encoder": encoder.static_id() if self.encoder == "static" else encoder.encoder_id()}
+        installed = encoder.static_id if self.encoder == "static" else encoder.encoder_id
+        return {"features": self.kind, "encoder": self.identity or installed()}
 
     def save(self, directory: Path) -> None:
         if self.lexicon is not None:
@@ -124,4 +128,5 @@ class QueryFeatures:
     @classmethod
     def load(cls, directory: Path, params: dict[str, Any]) -> QueryFeatures:
         kind = params.get("features", LEGACY_KIND)
-        return cls(kind, Lexicon.load(directory / LEXICON_FILE) if kind.endswith("+lexical") else None)
+        lexicon = Lexicon.load(directory / LEXICON_FILE) if kind.endswith("+lexical") else None
+        return cls(kind, lexicon, params.get("encoder"))
