@@ -37,6 +37,9 @@ DEFAULT_CACHE_DIR = Path("var/models")
 DEFAULT_LOG_DIR = Path("var/logs")
 VENV_ENV = "MOE_VLLM_VENV"
 READY_TIMEOUT_S = 600.0  # cold start is ~2.5 min on 2 CPU cores; leave room for a busy machine
+# Where no spinner can show (output to a pipe or a file: `make run | tee`, a CI log), a long wait prints a line this
+# often instead, so that it never looks like a hang.
+PROGRESS_EVERY_S = 15.0
 
 # Defaults for the servers' environment; a value already set in the environment wins.
 SERVER_ENV_DEFAULTS: Mapping[str, str] = {
@@ -266,7 +269,7 @@ def wait_ready(
     """Polls each server's `/models` until it answers 200; fails fast when a server process dies."""
     deadline = time.monotonic() + timeout_s
     pending = list(servers)
-    with _status(console, "starting vLLM") as update:
+    with _status(console, f"starting vLLM: {_waiting_for(pending, 0.0)}") as update:
         while pending:
             for rs in list(pending):
                 if rs.process.poll() is not None:
@@ -283,9 +286,13 @@ def wait_ready(
             if time.monotonic() > deadline:
                 names = ", ".join(rs.name for rs in pending)
                 raise LauncherError(f"not ready after {timeout_s:.0f} s: {names}; logs in {pending[0].log_path.parent}")
-            waited = time.monotonic() - pending[0].started_at
-            update(f"starting vLLM: {', '.join(rs.name for rs in pending)} ({waited:.0f} s, log {pending[0].log_path})")
+            update(f"starting vLLM: {_waiting_for(pending, time.monotonic() - pending[0].started_at)}")
             time.sleep(1.0)
+
+
+def _waiting_for(pending: Sequence[RunningServer], waited_s: float) -> str:
+    logs = f"log {pending[0].log_path}" if len(pending) == 1 else f"logs in {pending[0].log_path.parent}"
+    return f"{', '.join(rs.name for rs in pending)} ({waited_s:.0f} s, usually 2-3 min on a CPU; {logs})"
 
 
 def stop_servers(servers: Sequence[RunningServer], *, grace_s: float = 20.0) -> None:
@@ -392,9 +399,22 @@ def _print(console: Console | None, message: str) -> None:
 
 @contextmanager
 def _status(console: Console | None, message: str) -> Iterator[Callable[[str], None]]:
-    """A rich spinner when a console is given; its update function otherwise does nothing."""
+    """A rich spinner on a terminal, updated in place; on a console that is no terminal, the message as a line
+    and then an update at most every PROGRESS_EVERY_S; without a console, nothing."""
     if console is None:
         yield lambda _message: None
+        return
+    if not console.is_terminal:
+        console.print(message, soft_wrap=True)
+        printed = time.monotonic()
+
+        def update(text: str) -> None:
+            nonlocal printed
+            if time.monotonic() - printed >= PROGRESS_EVERY_S:
+                console.print(text, soft_wrap=True)
+                printed = time.monotonic()
+
+        yield update
         return
     with console.status(message) as status:
         yield lambda text: status.update(text)
