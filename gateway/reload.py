@@ -8,8 +8,10 @@ artifact, as before any version was registered.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +20,21 @@ from migrations.router_versions import RouterVersions, VersionInfo
 from routers import ExpertProfile, Router, load_router
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A candidate version serving `share` of a router's API keys or users beside the active one (A/B)."""
+
+    router: Router
+    share: float
+    version_id: int
+    version: str
+
+    def serves(self, sticky: str) -> bool:
+        """Whether this API key or user is in the candidate's share: the same answer every time (sticky)."""
+        digest = hashlib.sha256(f"{self.version}/{sticky}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.share
 
 
 class RouterReloader:
@@ -35,13 +52,14 @@ class RouterReloader:
         self.directory = directory
         self.interval_s = interval_s
         self.shadows: dict[str, Router] = {}  # router name -> its shadow version's router, while it has one
+        self.trials: dict[str, Trial] = {}  # router name -> the candidate serving a share of its traffic (A/B)
         self.serving: dict[tuple[str, str], int] = {}  # (router name, status) -> the version id loaded, once one is
         self._failing: dict[str, str] = {}  # router name -> why its last check failed: said once, not every poll
         self._task: asyncio.Task[None] | None = None
 
     def loaded(self) -> dict[str, dict[str, int | None]]:
-        """Per router, the active and shadow version ids this replica serves (None: the config's artifact, no shadow)."""
-        return {name: {status: self.serving.get((name, status)) for status in ("active", "shadow")}
+        """Per router, the active, shadow and A/B version ids this replica serves (None: the config's artifact; none)."""
+        return {name: {kind: self.serving.get((name, kind)) for kind in ("active", "shadow", "ab")}
                 for name in self.routers}
 
     async def start(self) -> None:
@@ -59,25 +77,41 @@ class RouterReloader:
             await self.check()
 
     async def check(self) -> None:
-        """Serve each router's active version and decide beside it with its shadow version, if not loaded already."""
+        """Serve each router's active version, decide beside it with its shadow version and give its A/B candidate
+        its share, loading what is not loaded already."""
         for name in list(self.routers):
-            for status, slot in (("active", self.routers), ("shadow", self.shadows)):
+            for kind in ("active", "shadow", "ab"):
                 try:
-                    version = await asyncio.to_thread(self.versions.latest, name, status)
-                    if version is None:
-                        if status == "shadow" and self.serving.pop((name, status), None) is not None:
-                            slot.pop(name, None)  # its shadow was promoted or retired
-                    elif self.serving.get((name, status)) != version.id:
-                        slot[name] = await asyncio.to_thread(self._load, version)
-                        self.serving[(name, status)] = version.id
-                        log.info("router %s: %s version %d (%s@%s) loaded", name, status, version.id,
-                                 version.family, version.version)
+                    await self._check(name, kind)
                     self._failing.pop(name, None)
                 except (SQLAlchemyError, OSError, ValueError) as exc:  # the database down, a bad artifact: go on
                     why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     if self._failing.get(name) != why:
-                        log.warning("router %s: %s version not read or loaded (%s)", name, status, why)
+                        log.warning("router %s: %s version not read or loaded (%s)", name, kind, why)
                     self._failing[name] = why
+
+    async def _check(self, name: str, kind: str) -> None:
+        if kind == "ab":
+            version = await asyncio.to_thread(self.versions.latest_ab, name)
+        else:
+            version = await asyncio.to_thread(self.versions.latest, name, kind)
+        if version is None:
+            if kind != "active" and self.serving.pop((name, kind), None) is not None:
+                (self.shadows if kind == "shadow" else self.trials).pop(name, None)  # promoted, retired or ended
+            return
+        share = version.traffic_share or 0.0
+        if self.serving.get((name, kind)) != version.id:
+            router = await asyncio.to_thread(self._load, version)
+            if kind == "active":
+                self.routers[name] = router
+            elif kind == "shadow":
+                self.shadows[name] = router
+            else:
+                self.trials[name] = Trial(router, share, version.id, version.version)
+            self.serving[(name, kind)] = version.id
+            log.info("router %s: %s version %d (%s@%s) loaded", name, kind, version.id, version.family, version.version)
+        elif kind == "ab" and self.trials[name].share != share:  # the same candidate, its share changed
+            self.trials[name] = replace(self.trials[name], share=share)
 
     def _load(self, version: VersionInfo) -> Router:
         directory = self.versions.artifact(version.id, self.directory / version.router / str(version.id))

@@ -108,7 +108,7 @@ class Services:
                                   [e.profile() for e in config.experts], settings.moe_router_versions_dir,
                                   settings.moe_router_poll_s)
         chat = ChatService(config, serving_routers, pool, decision_log, state, keys=keys, metrics=metrics,
-                           shadows=reloader.shadows, shadow_share=settings.moe_shadow_share,
+                           shadows=reloader.shadows, shadow_share=settings.moe_shadow_share, trials=reloader.trials,
                            log_prompts=settings.moe_log_prompts, tracer=tracer)
         return cls(config, serving_routers, decision_log, health, state, keys, pool, chat, reloader)
 

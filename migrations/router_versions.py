@@ -2,8 +2,9 @@
 and fetched back as a directory by any replica. Blocking (SQLAlchemy sessions): callers on an event loop use a
 worker thread.
 
-Statuses: `candidate` (registered), `shadow` (decides beside the active one, never served), `active` (served;
-at most one per router), `retired` (was active). Promoting retires the active version; reverting retires the
+Statuses: `candidate` (registered; with a traffic share, it serves that share of API keys or users beside the
+active one, A/B), `shadow` (decides beside the active one, never served), `active` (served; at most one per
+router), `retired` (was active). Promoting retires the active version; reverting retires the
 active version and makes the one active before it active again.
 """
 
@@ -40,6 +41,7 @@ class VersionInfo:
     version: str
     status: str
     parent_id: int | None
+    traffic_share: float | None
     metrics: dict[str, Any]
     artifact_sha256: str
     created_at: datetime
@@ -47,7 +49,8 @@ class VersionInfo:
 
     @classmethod
     def of(cls, row: RouterVersionRow) -> VersionInfo:
-        return cls(row.id, row.router, row.family, row.version, row.status, row.parent_id, dict(row.metrics or {}),
+        return cls(row.id, row.router, row.family, row.version, row.status, row.parent_id, row.traffic_share,
+                   dict(row.metrics or {}),
                    row.artifact_sha256, row.created_at, row.updated_at)
 
 
@@ -144,6 +147,29 @@ class RouterVersions:
             if status == "active" and row.status != "active":
                 self._retire_active(session, row.router, now)
             row.status, row.updated_at = status, now
+            if status != "candidate":
+                row.traffic_share = None  # promoted, shadowed or retired: its A/B test is over
+        return VersionInfo.of(row)
+
+    def latest_ab(self, router: str) -> VersionInfo | None:
+        """The newest candidate serving a share of the router's traffic, if any."""
+        with Session(self.engine) as session:
+            row = session.scalars(select(RouterVersionRow).where(
+                RouterVersionRow.router == router, RouterVersionRow.status == "candidate",
+                RouterVersionRow.traffic_share > 0).order_by(RouterVersionRow.id.desc())).first()
+            return None if row is None else VersionInfo.of(row)
+
+    def set_share(self, version_id: int, share: float) -> VersionInfo:
+        """A candidate's share of traffic in an A/B test (0 ends it)."""
+        if not 0 <= share < 1:
+            raise VersionError("a share of traffic is at least 0 and below 1")
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.get(RouterVersionRow, version_id, with_for_update=True)
+            if row is None:
+                raise VersionError(f"no router version {version_id}")
+            if row.status != "candidate":
+                raise VersionError(f"version {version_id} is {row.status}; only a candidate takes a share of traffic")
+            row.traffic_share, row.updated_at = share or None, datetime.now(UTC)
         return VersionInfo.of(row)
 
     def revert(self, router: str) -> VersionInfo:

@@ -133,6 +133,8 @@ class RouterVersionRow(Base):
     version: Mapped[str] = mapped_column(String(100))  # the artifact's own (router.json)
     status: Mapped[str] = mapped_column(String(20), index=True)
     parent_id: Mapped[int | None] = mapped_column(Integer)  # the version it was retrained from
+    # A candidate serving this share of traffic beside the active version (A/B), sticky per API key or user.
+    traffic_share: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     artifact: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     artifact_sha256: Mapped[str] = mapped_column(String(64))

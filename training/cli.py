@@ -136,9 +136,10 @@ def _versions(database_url: str):  # noqa: ANN202 - RouterVersions, imported lat
 
 
 def _version_table(versions: list) -> Table:  # noqa: ANN001 - VersionInfo rows
-    table = Table("id", "router", "version", "family", "status", "parent", "updated")
+    table = Table("id", "router", "version", "family", "status", "A/B share", "parent", "updated")
     for v in versions:
-        table.add_row(str(v.id), v.router, v.version, v.family, v.status, str(v.parent_id or ""),
+        table.add_row(str(v.id), v.router, v.version, v.family, v.status,
+                      f"{v.traffic_share:.0%}" if v.traffic_share else "", str(v.parent_id or ""),
                       f"{v.updated_at:%Y-%m-%d %H:%M:%S}")
     return table
 
@@ -187,6 +188,23 @@ def promote(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(f"{info.router} version {info.id} ({info.version}) is {info.status}")
+
+
+@app.command()
+def ab(
+    version_id: Annotated[int, typer.Argument(help="a candidate version's id (`moe router versions`)")],
+    share: Annotated[float, typer.Option(help="share of API keys or users it serves, 0 to below 1 (0 ends the test)")],
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+) -> None:
+    """A/B: a candidate serves this share of API keys or users (sticky) beside the active version."""
+    from migrations.router_versions import VersionError
+
+    try:
+        info = _versions(database_url).set_share(version_id, share)
+    except VersionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{info.router} version {info.id} ({info.version}) serves {share:.0%} of keys and users")
 
 
 @app.command()

@@ -37,6 +37,7 @@ from gateway.keys.guard import KeyGuard
 from gateway.keys.store import ApiKey
 from gateway.observability.logs import log_request
 from gateway.observability.metrics import GatewayMetrics
+from gateway.reload import Trial
 from gateway.shared_state import SharedState
 from routers.base import Decision, Router
 from routers.exploration import choose
@@ -62,6 +63,7 @@ class ChatService:
         metrics: GatewayMetrics,
         shadows: Mapping[str, Router] | None = None,
         shadow_share: float = 0.0,
+        trials: Mapping[str, Trial] | None = None,
         log_prompts: bool = False,
         tracer: RequestTracer | None = None,
     ) -> None:
@@ -75,6 +77,7 @@ class ChatService:
         self.tracer = tracer
         self.shadows = shadows if shadows is not None else {}  # router name -> its shadow version (gateway/reload.py)
         self.shadow_share = shadow_share
+        self.trials = trials if trials is not None else {}  # router name -> its A/B candidate (gateway/reload.py)
         self.targets = Targets(config, self.routers)
         self.cache = ResponseCache(state)
         self.batcher = RoutingBatcher()
@@ -120,14 +123,21 @@ class ChatService:
             tenant=key.tenant if key else None,
         )
 
-    async def route(self, target: Target, record: DecisionRecord, messages: list[dict[str, Any]]) -> list[str]:
-        """Experts to try, best first; experts known to be down (probe or breaker) go last rather than nowhere."""
+    async def route(
+        self, target: Target, record: DecisionRecord, messages: list[dict[str, Any]], sticky: str | None = None
+    ) -> list[str]:
+        """Experts to try, best first; experts known to be down (probe or breaker) go last rather than nowhere.
+        `sticky`: the API key or `user` an A/B test assigns to its candidate or to the active version, always alike."""
         if target.router is None:
             assert target.expert is not None
             record.chosen_expert = target.expert.name
             return [target.expert.name]
+        router = target.router
+        if target.virtual_model and sticky and (trial := self.trials.get(target.virtual_model.router)) \
+                and trial.serves(sticky):
+            router = trial.router
         started = time.perf_counter()
-        decision = await self.batcher.decide(target.router, messages, target.policy)
+        decision = await self.batcher.decide(router, messages, target.policy)
         record.routing_ms = ms_since(started)
         record.router = decision.router
         record.router_version = decision.version
@@ -159,11 +169,12 @@ class ChatService:
         record.shadow_delta = round(_score(decision, decision.chosen) - _score(served, served.chosen), 6)
 
     async def _plan(
-        self, target: Target, body: ChatCompletionRequest, messages: list[dict[str, Any]], record: DecisionRecord
+        self, target: Target, body: ChatCompletionRequest, messages: list[dict[str, Any]], record: DecisionRecord,
+        sticky: str | None,
     ) -> Plan:
         """Experts to try for the answer, best first, and the conversation they answer; or, for a virtual model
         that combines several experts, what combining them gave (experts/combine.py)."""
-        plan = Plan(await self.route(target, record, messages), messages, record.recruited)
+        plan = Plan(await self.route(target, record, messages, sticky), messages, record.recruited)
         vm, router = target.virtual_model, target.router
         if vm is None or router is None or not (vm.synthesis or vm.vote or vm.cascade):
             return plan
@@ -221,7 +232,7 @@ class ChatService:
         messages = body.wire_messages()
         record = self.new_record(body, target, key, messages)
         try:
-            payload = await _unless_disconnected(request, self._complete(body, messages, target, record))
+            payload = await _unless_disconnected(request, self._complete(body, messages, target, record, key))
             return JSONResponse(payload, headers=self.headers(record))
         except APIError as error:
             self.failed(record, error)
@@ -236,11 +247,12 @@ class ChatService:
             self.record(record)
 
     async def _complete(
-        self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
+        self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord,
+        key: ApiKey | None,
     ) -> dict[str, Any]:
         if target.use_cache and (cached := await self.cache.lookup(record)) is not None:
             return openai_completion(cached, record)
-        plan = await self._plan(target, body, messages, record)
+        plan = await self._plan(target, body, messages, record, _sticky(key, body))
         if plan.answer is not None:
             completion = self.answered(record, plan.answer)
         else:
@@ -262,7 +274,7 @@ class ChatService:
         messages = body.wire_messages()
         record = self.new_record(body, target, key, messages)
         try:
-            opened = await _unless_disconnected(request, self._open_stream(body, messages, target, record))
+            opened = await _unless_disconnected(request, self._open_stream(body, messages, target, record, key))
         except APIError as error:
             self.failed(record, error)
             self.record(record)
@@ -284,11 +296,12 @@ class ChatService:
         return RelayResponse(opened, events, headers={**self.headers(record), "cache-control": "no-cache"})
 
     async def _open_stream(
-        self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord
+        self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord,
+        key: ApiKey | None,
     ) -> OpenStream:
         if target.use_cache and (cached := await self.cache.lookup(record)) is not None:
             return OpenStream(None, replay(cached), REPLAY_FIRST, time.perf_counter())
-        plan = await self._plan(target, body, messages, record)
+        plan = await self._plan(target, body, messages, record, _sticky(key, body))
         if plan.answer is not None:  # complete already: cached now, then streamed as a cached answer is
             completion = self.answered(record, plan.answer)
             if target.use_cache:
@@ -302,6 +315,11 @@ class ChatService:
             raise all_failed(failed.failures) from None
         record.chosen_expert = call.expert
         return OpenStream(call, chunks, first, started)
+
+
+def _sticky(key: ApiKey | None, body: ChatCompletionRequest) -> str | None:
+    """Who an A/B test assigns: the API key, else the request's `user`; neither: the active version serves."""
+    return f"key:{key.id}" if key else f"user:{body.user}" if body.user else None
 
 
 def _score(decision: Decision, expert: str) -> float:

@@ -36,6 +36,8 @@ class GatewayMetrics:
                                      registry=self.registry)
         self.fallbacks = Counter("llm_model_fallbacks", "Requests answered by other than the router's first pick",
                                  ("virtual_model", "router"), registry=self.registry)
+        self.by_version = Counter("llm_router_version_requests", "Routed requests by the router version that decided",
+                                  ("router", "version", "status"), registry=self.registry)
         self.shadow = Counter("llm_router_shadow_decisions", "Shadow router decisions, by agreement with the served one",
                               ("router", "shadow", "agreement"), registry=self.registry)
         self.shadow_delta = Histogram("llm_router_shadow_quality_delta",
@@ -82,6 +84,8 @@ class GatewayMetrics:
         for call in record.calls:
             if call.status not in ("ok", "pending"):
                 self.expert_errors.labels(call.expert, call.status).inc()
+        if record.router is not None:
+            self.by_version.labels(router, record.router_version or "-", record.status).inc()
         if record.shadow_version is not None:
             self.shadow.labels(router, record.shadow_version, "agree" if record.shadow_agrees else "disagree").inc()
             if record.shadow_delta is not None:

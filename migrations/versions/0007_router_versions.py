@@ -1,4 +1,4 @@
-"""router_versions: trained router artifacts stored in the database, with their status; shadow decisions
+"""router_versions: trained router artifacts stored in the database, with their status and A/B share; shadow decisions
 
 Revision ID: 0007
 Revises: 0006
@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("version", sa.String(length=100), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("parent_id", sa.Integer(), nullable=True),
+        sa.Column("traffic_share", sa.Float(), nullable=True),
         sa.Column("metrics", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False),
         sa.Column("artifact", sa.LargeBinary(), nullable=False),
         sa.Column("artifact_sha256", sa.String(length=64), nullable=False),

@@ -126,7 +126,7 @@ def test_a_shadow_version_decides_beside_the_served_one_and_is_never_served(
         metrics = httpx.get(f"{gw.base_url}/metrics").text
         versions.set_status(shadow.id, "retired")
         wait_for(lambda: httpx.get(f"{gw.base_url}/readyz").json()["router_versions"]["embedding"]
-                 == {"active": served.id, "shadow": None}, what="the retired shadow dropped")
+                 == {"active": served.id, "shadow": None, "ab": None}, what="the retired shadow dropped")
         after = httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=30)
         wait_for(lambda: len(decisions(sqlite_url)) == 5, what="every decision written")
     assert {h["x-moe-router"] for h in headers} == {f"embedding-domain@{served.version}"}  # never served
@@ -137,3 +137,40 @@ def test_a_shadow_version_decides_beside_the_served_one_and_is_never_served(
     assert last.id == after.headers["x-moe-decision-id"] and last.shadow_version is None
     assert ('llm_router_shadow_decisions_total{agreement="agree",router="embedding-domain",'
             'shadow="embedding-domain@v-shadow"} 4.0') in metrics
+
+
+def test_an_ab_candidate_serves_its_share_of_users_each_always_by_the_same_version(
+    healthy_experts: list[dict[str, Any]], router_artifact: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    upgrade(sqlite_url)
+    versions = RouterVersions(create_engine(sqlite_url))
+    active = versions.register("embedding", router_artifact, status="active")
+    candidate = versions.register("embedding", retagged(router_artifact, tmp_path / "candidate", "v-candidate"))
+    with pytest.raises(VersionError, match="only a candidate"):
+        versions.set_share(active.id, 0.5)
+    moe_router("ab", str(candidate.id), "--share", "0.5", database_url=sqlite_url)
+    settings = {"moe_router_poll_s": 0.2, "moe_router_versions_dir": tmp_path / "versions"}
+
+    def router_of(gw: Any, user: str | None) -> str:
+        body = {"model": "moe-auto", "messages": [{"role": "user", "content": MATH_QUESTION}]}
+        response = httpx.post(f"{gw.v1}/chat/completions", json={**body, **({"user": user} if user else {})}, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.headers["x-moe-router"].split("@")[1]
+
+    with running_gateway(routed_config(healthy_experts, router_artifact), sqlite_url, tmp_path, **settings) as gw:
+        users = [f"user-{i}" for i in range(40)]
+        first = {user: router_of(gw, user) for user in users}
+        again = {user: router_of(gw, user) for user in users}
+        anonymous = {router_of(gw, None) for _ in range(5)}
+        metrics = httpx.get(f"{gw.base_url}/metrics").text
+        moe_router("ab", str(candidate.id), "--share", "0", database_url=sqlite_url)  # the test ends
+        wait_for(lambda: httpx.get(f"{gw.base_url}/readyz").json()["router_versions"]["embedding"]["ab"] is None,
+                 what="the A/B candidate dropped")
+        after = {router_of(gw, user) for user in users}
+    assert first == again  # sticky: a user keeps the version it was assigned
+    assert 8 <= sum(v == "v-candidate" for v in first.values()) <= 32  # half of 40 users, give or take
+    assert set(first.values()) == {active.version, "v-candidate"}
+    assert anonymous == after == {active.version}  # no key and no user: not in the test; once it ends, nobody is
+    served = sum(v == "v-candidate" for v in first.values()) * 2
+    assert (f'llm_router_version_requests_total{{router="embedding-domain",status="ok",version="v-candidate"}} '
+            f'{float(served)}') in metrics
