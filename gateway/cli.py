@@ -229,6 +229,30 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     console.print(f"[yellow]database at {revision}[/yellow]: {_redact(settings.database_url)}")
 
 
+@db_app.command("prune")
+def db_prune(
+    older_than: Annotated[str, typer.Option(help="remove decisions older than this: 30d, 12h or 90m")],
+) -> None:
+    """Apply retention: remove decisions (with their expert calls and feedback) and dead letters older than AGE."""
+    from datetime import UTC, datetime
+
+    from gateway.decisions.log import make_engine
+    from migrations.retention import parse_age, prune
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--older-than") from None
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        pruned = prune(engine, datetime.now(UTC) - age)
+    finally:
+        engine.dispose()
+    console.print(f"removed {pruned.decisions} decisions, {pruned.expert_calls} expert calls, {pruned.feedback} "
+                  f"feedback and {pruned.dead_letters} dead letters older than {older_than}")
+
+
 @contextmanager
 def _key_store() -> Iterator[KeyStore]:
     from sqlalchemy.exc import SQLAlchemyError
