@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -127,12 +128,18 @@ DatabaseUrl = Annotated[str, typer.Option(envvar="DATABASE_URL", help="the decis
 DEFAULT_DATABASE_URL = "sqlite:///var/moe.db"
 
 
-def _versions(database_url: str):  # noqa: ANN202 - RouterVersions, imported late like every command's work
+def _versions(database_url: str, change: Callable[[Any], Any]) -> Any:
+    """`change` applied to the router versions at `database_url` (a RouterVersions; imported late like every
+    command's work); what cannot be done is said in red with exit status 1."""
     from sqlalchemy import create_engine
 
-    from migrations.router_versions import RouterVersions
+    from migrations.router_versions import RouterVersions, VersionError
 
-    return RouterVersions(create_engine(database_url))
+    try:
+        return change(RouterVersions(create_engine(database_url)))
+    except (VersionError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 def _version_table(versions: list) -> Table:  # noqa: ANN001 - VersionInfo rows
@@ -152,13 +159,7 @@ def register(
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
 ) -> None:
     """Store a trained artifact in the database as a version of ROUTER (every replica can then load it)."""
-    from migrations.router_versions import VersionError
-
-    try:
-        info = _versions(database_url).register(router, artifact, status=status)
-    except (VersionError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    info = _versions(database_url, lambda versions: versions.register(router, artifact, status=status))
     console.print(f"{router} version {info.id} ({info.version}) is {info.status}")
 
 
@@ -168,7 +169,7 @@ def versions(
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
 ) -> None:
     """Router versions in the database, oldest first."""
-    console.print(_version_table(_versions(database_url).list(router)))
+    console.print(_version_table(_versions(database_url, lambda versions: versions.list(router))))
 
 
 @app.command()
@@ -178,15 +179,9 @@ def promote(
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
 ) -> None:
     """Make a version active (every replica serves it within MOE_ROUTER_POLL_S) or shadow."""
-    from migrations.router_versions import VersionError
-
     if to not in ("active", "shadow"):
         raise typer.BadParameter("active or shadow", param_hint="--to")
-    try:
-        info = _versions(database_url).set_status(version_id, to)
-    except VersionError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    info = _versions(database_url, lambda versions: versions.set_status(version_id, to))
     console.print(f"{info.router} version {info.id} ({info.version}) is {info.status}")
 
 
@@ -197,13 +192,7 @@ def ab(
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
 ) -> None:
     """A/B: a candidate serves this share of API keys or users (sticky) beside the active version."""
-    from migrations.router_versions import VersionError
-
-    try:
-        info = _versions(database_url).set_share(version_id, share)
-    except VersionError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    info = _versions(database_url, lambda versions: versions.set_share(version_id, share))
     console.print(f"{info.router} version {info.id} ({info.version}) serves {share:.0%} of keys and users")
 
 
@@ -213,13 +202,7 @@ def revert(
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
 ) -> None:
     """Retire ROUTER's active version and serve the one active before it again."""
-    from migrations.router_versions import VersionError
-
-    try:
-        info = _versions(database_url).revert(router)
-    except VersionError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    info = _versions(database_url, lambda versions: versions.revert(router))
     console.print(f"{info.router} version {info.id} ({info.version}) is active again")
 
 

@@ -9,23 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
 
 from gateway.config import GatewayConfig
 from migrations.schema import FeedbackRow
 from routers.exploration import Choice, choose
-from tests.gateway.support import MATH_QUESTION, Gateway, decisions, routed_config, running_gateway, wait_for
+from tests.gateway.support import MATH_QUESTION, Gateway, decisions, routed_config, rows, running_gateway, wait_for
 from tests.gateway.test_api_keys import issue_key
 
 
 def feedback_rows(database_url: str) -> list[FeedbackRow]:
-    engine = create_engine(database_url)
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(select(FeedbackRow).order_by(FeedbackRow.id)))
-    finally:
-        engine.dispose()
+    return rows(database_url, FeedbackRow, FeedbackRow.id)
 
 
 def ask(gw: Gateway, key: str | None = None, model: str = "moe-auto") -> httpx.Response:
