@@ -127,8 +127,10 @@ class ExpertClients(Mapping[str, ExpertClient]):
                 self._clients[expert.name] = LiteLLMClient(expert)
             else:
                 assert expert.api_base is not None
-                pool = self._pools.setdefault(expert.api_base.rstrip("/"), pooled_http())
-                self._clients[expert.name] = OpenAIClient(expert, pool)
+                base = expert.api_base.rstrip("/")
+                if base not in self._pools:  # one pool per server, built once (not once per expert)
+                    self._pools[base] = pooled_http(base)
+                self._clients[expert.name] = OpenAIClient(expert, self._pools[base])
 
     def __getitem__(self, name: str) -> ExpertClient:
         return self._clients[name]

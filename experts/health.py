@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from experts.openai_client import tls_for
 from experts.registry import ExpertConfig
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,15 @@ class HealthMonitor:
         self.interval_s = interval_s
         self.status: dict[str, ExpertHealth] = {e.name: ExpertHealth() for e in self.experts}
         self._task: asyncio.Task[None] | None = None
+        # Experts sharing a server share one probe.
+        self._bases = sorted({base for e in self.experts if (base := _probed(e))})
+        self._client: httpx.AsyncClient | None = None  # one for the monitor's life, built on first use
 
     async def check_all(self) -> None:
-        # Experts sharing a server share one probe.
-        bases = {_probed(e) for e in self.experts} - {None}
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            results = await asyncio.gather(*(self._probe(client, base) for base in bases))
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=2.0, verify=tls_for(*self._bases))
+        bases = self._bases
+        results = await asyncio.gather(*(self._probe(self._client, base) for base in bases))
         by_base = dict(zip(bases, results, strict=True))
         now = time.time()
         for expert in self.experts:
@@ -66,6 +70,8 @@ class HealthMonitor:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
 
     async def _loop(self) -> None:
         while True:

@@ -69,8 +69,9 @@ def serve(
     # too) finish for up to MOE_DRAIN_S, cancels the rest, then runs the lifespan's shutdown, which
     # flushes the decision log. Its access log stays off: the gateway logs one line per chat request
     # from the decision record.
+    # ws="none": no WebSocket endpoint, so uvicorn need not import a websockets library at start.
     uvicorn.run("gateway.cli:serve_app", factory=True, host=host, port=port, workers=workers, access_log=False,
-                log_level="info", log_config=logging_config(settings.moe_log_format),
+                ws="none", log_level="info", log_config=logging_config(settings.moe_log_format),
                 timeout_graceful_shutdown=settings.moe_drain_s)
 
 

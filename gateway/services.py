@@ -25,6 +25,7 @@ from gateway.settings import Settings
 from gateway.shared_state import SharedState
 from migrations.router_versions import RouterVersions
 from routers import Router, load_router
+from routers.encoder import EncoderCacheMissing
 from routers.policy import parse_knob
 
 if TYPE_CHECKING:
@@ -52,7 +53,10 @@ def load_routers(config: GatewayConfig) -> dict[str, Router]:
     profiles = [e.profile() for e in config.experts]
     routers: dict[str, Router] = {}
     for rc in config.routers:
-        routers[rc.name] = load_router(rc.artifact, profiles)
+        try:
+            routers[rc.name] = load_router(rc.artifact, profiles)
+        except EncoderCacheMissing as exc:  # a serving install without the train extra: say how to build it
+            raise StartupError(f"router {rc.name!r}: {exc}") from None
         log.info("router %s loaded (%s@%s)", rc.name, routers[rc.name].name, routers[rc.name].version)
     for vm in config.virtual_models:
         manifest = routers[vm.router].manifest

@@ -11,16 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import TYPE_CHECKING, Any
 
 from experts.breaker import Breakers, BreakerSettings
+
+if TYPE_CHECKING:  # redis (which imports OpenTelemetry's metrics and cryptography) loads only when REDIS_URL is set
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +33,8 @@ class SharedState:
         self.breakers = Breakers(self, breaker, prefix)
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
+        # (any Redis error, the ones that mean Redis is down): set by `start`, where redis is imported.
+        self._errors: tuple[type[Exception], tuple[type[Exception], ...]] = (OSError, (OSError,))
 
     @property
     def configured(self) -> bool:
@@ -45,6 +43,14 @@ class SharedState:
     async def start(self) -> None:
         if self.url is None:
             return
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self._errors = (RedisError, (RedisConnectionError, RedisTimeoutError, OSError))
         # One retry on a fresh connection: after Redis restarts, each pooled connection fails once ("closed by
         # server"), which must not read as Redis being down. A Redis really down refuses the retry too.
         self._client = aioredis.from_url(
@@ -71,7 +77,7 @@ class SharedState:
         try:
             await self._client.ping()
             ok = True
-        except (RedisError, OSError):
+        except (self._errors[0], OSError):
             ok = False
         if ok != self.redis_ok:
             log.warning("redis %s", "reachable: cache on, breakers shared" if ok else "unreachable: cache off, breakers local")
@@ -83,10 +89,10 @@ class SharedState:
             return None
         try:
             return await getattr(self._client, command)(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except self._errors[1] as exc:
             log.warning("redis %s failed (%s): cache off, breakers local until it answers", command, type(exc).__name__)
             self.redis_ok = False
-        except RedisError:
+        except self._errors[0]:
             log.exception("redis %s failed", command)
         return None
 

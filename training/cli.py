@@ -40,7 +40,13 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML whose `experts:` the router routes between")] = None,
 ) -> None:
     """Train on a dataset's train split, evaluate on dev, save router.json and the model files."""
+    import importlib.util
+
     from training.train import DEFAULT_CONFIG, train_router
+
+    if importlib.util.find_spec("sklearn") is None:
+        console.print("[red]training needs the train extra[/red]: pip install 'moe-gateway[train]' (make setup has it)")
+        raise typer.Exit(1)
 
     if features not in KINDS:
         raise typer.BadParameter(f"unknown feature kind {features!r}; known: {', '.join(KINDS)}", param_hint="--features")

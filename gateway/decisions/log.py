@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, String, Table, create_engine, text
-from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.decisions.record import DecisionRecord
 from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow
@@ -209,7 +208,10 @@ class DecisionLog:
                 conn.execute(self._insert_ignoring(ExpertCallRow), calls)
 
     def _insert_ignoring(self, row: type[Any]) -> Any:
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        if self.engine.dialect.name == "postgresql":  # each dialect's module loads only where it is used
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
         return insert(row).on_conflict_do_nothing()
 
     def _set_aside(self, key: str, line: str, exc: Exception) -> None:

@@ -41,6 +41,11 @@ moe.expert: {{ .expert.name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The retraining job's image: the `train` target, which has what training needs and serving does not. */}}
+{{- define "moe.trainImage" -}}
+{{ .Values.retrain.image.repository | default (printf "%s-train" .Values.image.repository) }}:{{ .Values.retrain.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
 {{- define "moe.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- .Values.serviceAccount.name | default (include "moe.fullname" .) -}}
