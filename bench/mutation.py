@@ -3,7 +3,7 @@
 mutmut 3 (configured under [tool.mutmut] in pyproject.toml) copies the packages into mutants/, rewrites
 each function in scope into its mutants, and for each mutant runs the tests that call that function
 (found by a first, clean run), stopping at the first failure. The tests are the pure ones
-(tests/unit and the pure test files named in the config), run with `--noconftest`: no gateway app,
+(tests/gateway/unit and the pure room tests named in the config), run with `--noconftest`: no gateway app,
 database server or Redis. Nothing in the working tree is changed; mutants/ is a scratch folder.
 
 The scope is SCOPE below: the functions, not whole files, because the same files hold code whose tests
@@ -45,13 +45,15 @@ SCOPE: dict[str, list[str]] = {
     "experts.aggregate": ["extract_choice", "log_odds_weight", "weighted_vote", "expert_weights", "pick_answer",
                           "answers_needed", "selection_features", "synthesis_messages"],
     "experts.client": ["ExpertFailure", "status_failure", "classify", "with_system_prompt"],
-    "gateway.rate_limit": ["RateLimiter"],
-    "gateway.keys": ["hash_key"],
-    "gateway.errors": ["BodyLimit", "error_body", "error_response"],
-    "gateway.protocol": ["ChatCompletionRequest.upstream_params", "ChatCompletionRequest.wire_messages"],
-    "gateway.shared_state": ["_LocalBreakers"],
-    "gateway.decision_log": ["DecisionRecord", "_iso", "DecisionLog._write", "DecisionLog._set_aside", "DecisionLog._spill",
-                             "DecisionLog._spill_overflow", "DecisionLog.spilled_files", "DecisionLog._replay_spilled"],
+    "gateway.keys.rate_limit": ["RateLimiter"],
+    "gateway.keys.store": ["hash_key"],
+    "gateway.errors": ["error_body", "error_response"],
+    "gateway.middleware": ["BodyLimit"],
+    "gateway.chat.protocol": ["ChatCompletionRequest.upstream_params", "ChatCompletionRequest.wire_messages"],
+    "experts.breaker": ["LocalBreakers"],
+    "gateway.decisions.record": ["DecisionRecord", "_iso"],
+    "gateway.decisions.log": ["DecisionLog._write", "DecisionLog._set_aside", "DecisionLog._spill",
+                              "DecisionLog._spill_overflow", "DecisionLog.spilled_files", "DecisionLog._replay_spilled"],
     "training.evaluate": ["Setting", "columns_for", "sweep", "frontier", "envelope", "_cross", "accuracy_at", "cost_at",
                           "area_under", "curve_metrics", "overall_frontier"],
 }
@@ -85,27 +87,27 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "totals[choice] = totals.get(choice, 1.0) + weight",
         "every letter named gets the same extra 1 once: the order of the totals, ties included, and so the winner "
         "(the only output) do not change"),
-    "gateway.decision_log.xǁDecisionLogǁ_replay_spilled__mutmut_18": (
+    "gateway.decisions.log.xǁDecisionLogǁ_replay_spilled__mutmut_18": (
         "for start in range(0, len(records), ):",
         "a spill file written one record per insert instead of BATCH per insert: the same rows, only slower"),
-    "gateway.decision_log.xǁDecisionLogǁ_spill__mutmut_9": (
+    "gateway.decisions.log.xǁDecisionLogǁ_spill__mutmut_9": (
         'name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:9]}.jsonl"',
         "one more random hex digit in a file name that is already unique and still sorts by time"),
-    "gateway.decision_log.xǁDecisionLogǁ_spill__mutmut_13": (
+    "gateway.decisions.log.xǁDecisionLogǁ_spill__mutmut_13": (
         'tmp = self.spill_dir / (name + "XX.tmpXX")',
         "the temporary file's name: it is renamed once written, and no spelling of it matches *.jsonl"),
-    "gateway.decision_log.xǁDecisionLogǁ_spill__mutmut_14": (
+    "gateway.decisions.log.xǁDecisionLogǁ_spill__mutmut_14": (
         'tmp = self.spill_dir / (name + ".TMP")',
         "the temporary file's name: it is renamed once written, and no spelling of it matches *.jsonl"),
-    "gateway.decision_log.xǁDecisionLogǁspilled_files__mutmut_2": (
+    "gateway.decisions.log.xǁDecisionLogǁspilled_files__mutmut_2": (
         'return sorted(self.spill_dir.glob("*.jsonl")) if (self.spill_dir.is_dir()) or True else []',
         "globbing a folder that does not exist yields nothing, as the guard does"),
-    "gateway.errors.xǁBodyLimitǁ__call____mutmut_27": ("too_large = None", "only ever tested for truth: None is as false"),
-    "gateway.errors.xǁBodyLimitǁ__call____mutmut_29": ("started = None", "only ever tested for truth: None is as false"),
-    "gateway.rate_limit.xǁRateLimiterǁadd_tokens__mutmut_3": (
+    "gateway.middleware.xǁBodyLimitǁ__call____mutmut_27": ("too_large = None", "only ever tested for truth: None is as false"),
+    "gateway.middleware.xǁBodyLimitǁ__call____mutmut_29": ("started = None", "only ever tested for truth: None is as false"),
+    "gateway.keys.rate_limit.xǁRateLimiterǁadd_tokens__mutmut_3": (
         "number = int(time.time() / self.window_s)",
         "for a positive time int() truncates toward zero, which is what // does: the same window number"),
-    "gateway.rate_limit.xǁRateLimiterǁadmit__mutmut_7": (
+    "gateway.keys.rate_limit.xǁRateLimiterǁadmit__mutmut_7": (
         "number = int(now / self.window_s)",
         "for a positive time int() truncates toward zero, which is what // does: the same window number"),
     "routers.cost.x__inputs__mutmut_4": (
@@ -169,9 +171,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
 
 # Survivors left alive on purpose (not equivalent, counted against the score): mutant -> why no test kills it.
 NOT_WORTH_A_TEST: dict[str, str] = {
-    "gateway.decision_log.xǁDecisionLogǁ_set_aside__mutmut_7": "needs a driver error whose text holds a NUL character",
-    "gateway.decision_log.xǁDecisionLogǁ_set_aside__mutmut_8": "needs a driver error whose text holds a NUL character",
-    "gateway.decision_log.xǁDecisionLogǁ_set_aside__mutmut_9": "needs a driver error over 4,000 characters long",
+    "gateway.decisions.log.xǁDecisionLogǁ_set_aside__mutmut_7": "needs a driver error whose text holds a NUL character",
+    "gateway.decisions.log.xǁDecisionLogǁ_set_aside__mutmut_8": "needs a driver error whose text holds a NUL character",
+    "gateway.decisions.log.xǁDecisionLogǁ_set_aside__mutmut_9": "needs a driver error over 4,000 characters long",
     "routers.policy.x_calibrate__mutmut_32": "differs only for a dev quality exactly 1e-12 below a target",
     "training.evaluate.x_area_under__mutmut_1": "2,002 instead of 2,001 samples of the same integral: a change "
                                                 "below 1e-6 in the AUC",
@@ -279,7 +281,7 @@ def markdown(data: dict[str, object]) -> str:
         f"**{total['score']:.1%}** of non-equivalent mutants killed "  # type: ignore[index]
         f"({total['killed']} killed + {total['timeout']} timeout of {total['mutants']} - {total['equivalent']} equivalent).",  # type: ignore[index]
         "",
-        "Scope and rules: `bench/mutation.py`. Tests: the pure ones (`tests/unit` and the pure test files in",
+        "Scope and rules: `bench/mutation.py`. Tests: the pure ones (`tests/gateway/unit` and the pure room tests in",
         "`[tool.mutmut]` of `pyproject.toml`), without servers.",
         "",
         "| module | mutants | killed | timeout | survived | no tests | equivalent | score |",
