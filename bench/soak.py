@@ -1,6 +1,6 @@
 """Soak: the gateway, routing on, at a steady request rate for minutes, its decision log in PostgreSQL.
 
-Requests go out at a fixed rate whatever the answers do (bench/harness.py `open_loop`; latency counts
+Requests go out at a fixed rate whatever the answers do (bench/open_loop.py; latency counts
 from when each was due), a seeded mix of streamed and plain ones, to `moe-auto` in front of the fast
 scripted upstream. Every `--sample-s` the gateway's resident memory (psutil, its process tree) and
 the latency of the requests finished since the last sample are recorded. The decision log goes to
@@ -46,19 +46,17 @@ from bench.harness import (
     ROOT,
     OtherWork,
     Processes,
-    Sample,
     command_line,
     console,
     gateway_config,
     machine,
-    open_loop,
     questions,
     router_version,
     start_gateway,
     start_upstream,
     stop_on_sigterm,
-    summarise,
 )
+from bench.open_loop import Sample, open_loop, summarise
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
