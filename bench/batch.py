@@ -6,7 +6,8 @@ per fleet: grouped by expert (what `moe batch run` does) and in input order (the
 `send` replaced by one pass in input order: same parsing, journal, decision records and
 concurrency). Requests name their expert, so no routing is timed: routing is the same work in both.
 
-The fleets are bench/swap_upstream.py (`python -m bench.swap_upstream`) in its own process, restarted for each run (nothing loaded):
+The fleets are bench/swap_upstream.py in its own process (`python -m bench.swap_upstream`), restarted
+for each run (nothing loaded):
 - on-demand: one model loaded at a time; switching costs SWAP_S once the loaded model's requests
   in flight have finished. SIMULATED, and scaled down to keep the run short: a real swap of a 7-8B
   model onto a GPU takes seconds to tens of seconds and a short answer ~1-2 s; SWAP_S:GEN_S = 5:1

@@ -6,8 +6,9 @@ process group under `Processes`, which stops them all on exit, Ctrl-C and SIGTER
 Two load generators, neither of them the bottleneck:
 - `measure` (closed loop: N clients, each sending its next request when its last returns; latency and
   the throughput N clients sustain) runs wrk (Debian's `wrk` package), a native event-loop client
-  that drives ~10,000 req/s from one core, where the httpx client this replaced topped out near
-  450 req/s and burned a core the servers needed. `wrk.lua` sends the prompts' bodies in turn, checks
+  whose ceiling is far above any Python server here (the echo upstream alone is the `direct` row's
+  limit, thousands of req/s), where the httpx client this replaced topped out near 450 req/s and
+  burned a core the servers needed. `wrk.lua` sends the prompts' bodies in turn, checks
   every answer and hands back the whole latency histogram (1 us buckets). Every run has a `direct`
   row, the upstream without anything in front: the generator's ceiling, reported with the ratio to
   the fastest other target (`generator_ceiling`), which should stay at 5x or more.
