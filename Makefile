@@ -42,7 +42,8 @@ test: setup vllm services image
 	$(PY) -m pytest -ra
 
 bench: setup router
-	$(PY) bench/overhead.py
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(PY) -m bench.overhead
 
 # `moe serve` to the first 200 from /readyz, five starts → bench/results/cold_start.json.
 cold-start: setup router
@@ -51,4 +52,4 @@ cold-start: setup router
 # Mutation testing of the parts whose tests need no server (scope in bench/mutation.py): mutants/ is scratch,
 # the report goes to bench/results/mutation.{json,md}. About 5 minutes on 2 cores.
 mutation: setup
-	$(PY) bench/mutation.py
+	$(PY) -m bench.mutation
