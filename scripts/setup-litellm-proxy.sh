@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the virtualenv that runs LiteLLM's proxy server for bench/vs_litellm.py, apart from the
+# Creates the virtualenv that runs LiteLLM's proxy server for `python -m bench.vs_litellm`, apart from the
 # gateway's .venv: `litellm[proxy]` pins fastapi, uvicorn and friends that may clash with ours.
 # Idempotent: a venv that already holds the pinned proxy is left alone.
 set -euo pipefail
@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MOE_LITELLM_PROXY_VENV:-$ROOT/.venv-litellm-proxy}"
 PY="$VENV/bin/python"
-# Pinned so that runs compare like with like; the same litellm the gateway's experts call through.
+# Pinned so that runs compare like with like (the gateway calls OpenAI-compatible experts natively).
 LITELLM_VERSION="1.106.2"
 
 installed() {
