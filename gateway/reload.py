@@ -78,23 +78,20 @@ class RouterReloader:
 
     async def check(self) -> None:
         """Serve each router's active version, decide beside it with its shadow version and give its A/B candidate
-        its share, loading what is not loaded already."""
+        its share, loading what is not loaded already (one query per router and poll)."""
         for name in list(self.routers):
-            for kind in ("active", "shadow", "ab"):
-                try:
-                    await self._check(name, kind)
-                    self._failing.pop(name, None)
-                except (SQLAlchemyError, OSError, ValueError) as exc:  # the database down, a bad artifact: go on
-                    why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                    if self._failing.get(name) != why:
-                        log.warning("router %s: %s version not read or loaded (%s)", name, kind, why)
-                    self._failing[name] = why
+            try:
+                serving = await asyncio.to_thread(self.versions.serving, name)
+                for kind in ("active", "shadow", "ab"):
+                    await self._check(name, kind, serving.get(kind))
+                self._failing.pop(name, None)
+            except (SQLAlchemyError, OSError, ValueError) as exc:  # the database down, a bad artifact: go on
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                if self._failing.get(name) != why:
+                    log.warning("router %s: versions not read or loaded (%s)", name, why)
+                self._failing[name] = why
 
-    async def _check(self, name: str, kind: str) -> None:
-        if kind == "ab":
-            version = await asyncio.to_thread(self.versions.latest_ab, name)
-        else:
-            version = await asyncio.to_thread(self.versions.latest, name, kind)
+    async def _check(self, name: str, kind: str, version: VersionInfo | None) -> None:
         if version is None:
             if kind != "active" and self.serving.pop((name, kind), None) is not None:
                 (self.shadows if kind == "shadow" else self.trials).pop(name, None)  # promoted, retired or ended

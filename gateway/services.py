@@ -16,6 +16,7 @@ from experts.pool import ExpertPool
 from gateway.chat.serving import ChatService
 from gateway.config import GatewayConfig
 from gateway.decisions.log import DecisionLog, make_engine
+from gateway.feedback.store import FeedbackStore
 from gateway.keys.guard import KeyGuard
 from gateway.keys.rate_limit import RateLimiter
 from gateway.keys.store import KeyStore
@@ -79,6 +80,7 @@ class Services:
     pool: ExpertPool
     chat: ChatService
     reloader: RouterReloader
+    feedback: FeedbackStore
 
     @classmethod
     def build(
@@ -114,7 +116,8 @@ class Services:
         chat = ChatService(config, serving_routers, pool, decision_log, state, keys=keys, metrics=metrics,
                            shadows=reloader.shadows, shadow_share=settings.moe_shadow_share, trials=reloader.trials,
                            log_prompts=settings.moe_log_prompts, tracer=tracer)
-        return cls(config, serving_routers, decision_log, health, state, keys, pool, chat, reloader)
+        return cls(config, serving_routers, decision_log, health, state, keys, pool, chat, reloader,
+                   FeedbackStore(decision_log.engine))
 
     async def start(self, *, background: bool = True) -> None:
         """`background`: the health probes, the Redis watch, the key-spend writer and the router reload run too (a

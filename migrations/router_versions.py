@@ -109,14 +109,6 @@ class RouterVersions:
                 query = query.where(RouterVersionRow.router == router)
             return [VersionInfo.of(row) for row in session.scalars(query)]
 
-    def latest(self, router: str, status: str) -> VersionInfo | None:
-        """The router's version with this status (the active one; the newest shadow), if any."""
-        with Session(self.engine) as session:
-            row = session.scalars(select(RouterVersionRow).where(
-                RouterVersionRow.router == router, RouterVersionRow.status == status)
-                .order_by(RouterVersionRow.updated_at.desc(), RouterVersionRow.id.desc())).first()
-            return None if row is None else VersionInfo.of(row)
-
     def artifact(self, version_id: int, directory: Path) -> Path:
         """The version's files, unpacked into `directory` (once: a directory already there is the same files)."""
         if (directory / "router.json").is_file():
@@ -151,13 +143,17 @@ class RouterVersions:
                 row.traffic_share = None  # promoted, shadowed or retired: its A/B test is over
         return VersionInfo.of(row)
 
-    def latest_ab(self, router: str) -> VersionInfo | None:
-        """The newest candidate serving a share of the router's traffic, if any."""
+    def serving(self, router: str) -> dict[str, VersionInfo]:
+        """In one query, what replicas serve for the router: its `active` version, its newest `shadow`, and its
+        newest candidate with a share of traffic (`ab`); a kind with none is absent."""
         with Session(self.engine) as session:
-            row = session.scalars(select(RouterVersionRow).where(
-                RouterVersionRow.router == router, RouterVersionRow.status == "candidate",
-                RouterVersionRow.traffic_share > 0).order_by(RouterVersionRow.id.desc())).first()
-            return None if row is None else VersionInfo.of(row)
+            rows = session.scalars(select(RouterVersionRow).where(
+                RouterVersionRow.router == router,
+                (RouterVersionRow.status.in_(("active", "shadow")))
+                | ((RouterVersionRow.status == "candidate") & (RouterVersionRow.traffic_share > 0)))
+                .order_by(RouterVersionRow.updated_at, RouterVersionRow.id))
+            # Oldest first, so the newest of each kind is the one kept.
+            return {("ab" if row.status == "candidate" else row.status): VersionInfo.of(row) for row in rows}
 
     def set_share(self, version_id: int, share: float) -> VersionInfo:
         """A candidate's share of traffic in an A/B test (0 ends it)."""

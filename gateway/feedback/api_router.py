@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.bodies import BodyReader, json_body
 from gateway.errors import APIError
 from gateway.feedback.protocol import Feedback, FeedbackRequest
-from gateway.feedback.store import FeedbackStore, may_give_feedback
+from gateway.feedback.store import may_give_feedback
 from gateway.keys.guard import caller
 from gateway.keys.store import ApiKey
 from gateway.services import Services
@@ -26,7 +26,7 @@ async def give_feedback(request: Request, key: Annotated[ApiKey | None, Depends(
     bodies: BodyReader = request.app.state.bodies
     given = await bodies.read(await request.body(), FeedbackRequest)
     services: Services = request.app.state.services
-    store = FeedbackStore(services.decision_log.engine)
+    store = services.feedback
     try:
         owner = services.decision_log.recent_owner(given.decision_id) or await asyncio.to_thread(
             store.owner, given.decision_id

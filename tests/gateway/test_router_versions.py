@@ -44,7 +44,7 @@ def test_versions_register_promote_and_revert(router_artifact: Path, database_ur
         (changed / "extra.txt").write_text("not the same artifact")
         versions.register("embedding", changed)
     b = versions.register("embedding", retagged(router_artifact, tmp_path / "b", "v-b"))
-    assert (versions.latest("embedding", "active").id, b.status) == (a.id, "candidate")
+    assert (versions.serving("embedding")["active"].id, b.status) == (a.id, "candidate")
 
     moe_router("promote", str(b.id), database_url=database_url)
     assert [(v.id, v.status) for v in versions.list("embedding")] == [(a.id, "retired"), (b.id, "active")]
