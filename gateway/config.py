@@ -5,17 +5,20 @@ Loaded once at start. Any invalid field fails loudly with the field's path in th
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ImportString, ValidationError, field_validator, model_validator
 
 from experts.combine import CascadeConfig, SynthesisConfig, VoteConfig
 from experts.registry import ExpertConfig, Fleet, Strict
 from routers import FAMILIES
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+log = logging.getLogger(__name__)
 
 
 class RouterConfig(Strict):
@@ -42,6 +45,74 @@ class ExplorationConfig(Strict):
     )
 
 
+class StoreTextConfig(Strict):
+    """The virtual model's query text (its messages, as JSON) and answer text kept in the decision log, for
+    retraining and judging. Off unless set: the log keeps no text (MOE_LOG_PROMPTS keeps every request's,
+    unredacted). The redaction hook is imported once, when the config loads; the decision log's writer applies it,
+    off the request path, to every text a message or the answer holds, before anything reaches the database or
+    the disk."""
+
+    retention_days: int | None = Field(
+        None, gt=0, description="`moe db prune` clears the text of older decisions (the rest of the row stays)"
+    )
+    redact: ImportString[Callable[[str], str]] | None = Field(
+        None, description="`package.module:function`, str -> str, e.g. masking e-mail addresses"
+    )
+
+    def kept(self, text: str) -> str | None:
+        """`text` as the log keeps it: redacted; None, so that nothing unredacted is kept, when the hook fails."""
+        if self.redact is None:
+            return text
+        try:
+            redacted = self.redact(text)
+        except Exception as exc:  # noqa: BLE001 - an operator's hook: its failure costs the text, never the record
+            log.warning("store_text.redact raised %s: the text is not kept", type(exc).__name__)
+            return None
+        if not isinstance(redacted, str):
+            log.warning("store_text.redact returned %s, not a str: the text is not kept", type(redacted).__name__)
+            return None
+        return redacted
+
+    def kept_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The messages with each text in them (a string content, or a list's text parts) as `kept` leaves it; None
+        when any cannot be kept. Redacted piece by piece, so the kept prompt stays JSON that retraining reads."""
+        if self.redact is None:
+            return messages
+        kept = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                content = self.kept(content)
+            elif isinstance(content, list):
+                content = self._kept_parts(content)
+            if content is None and message.get("content") is not None:
+                return None
+            kept.append({**message, "content": content} if "content" in message else message)
+        return kept
+
+    def _kept_parts(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        kept = []
+        for part in parts:
+            if isinstance(part.get("text"), str):
+                text = self.kept(part["text"])
+                if text is None:
+                    return None
+                part = {**part, "text": text}
+            kept.append(part)
+        return kept
+
+
+EVERY_REQUEST = StoreTextConfig()  # MOE_LOG_PROMPTS: every request's text, unredacted, kept as long as its row
+
+
+def stored_text(virtual_model: VirtualModelConfig | None, every_request: bool) -> StoreTextConfig | None:
+    """How a request's text is kept: as its virtual model's `store_text` says; else, with MOE_LOG_PROMPTS
+    (`every_request`), unredacted; else not at all."""
+    if virtual_model is not None and virtual_model.store_text is not None:
+        return virtual_model.store_text
+    return EVERY_REQUEST if every_request else None
+
+
 class VirtualModelConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[^:]+$")]  # `name:knob` picks a cost knob (a cascade: `agree`) per request
     router: str
@@ -50,6 +121,7 @@ class VirtualModelConfig(Strict):
     vote: VoteConfig | None = Field(None, description="answer with several experts' weighted-majority choice")
     cascade: CascadeConfig | None = Field(None, description="ask experts cheapest first until enough agree")
     exploration: ExplorationConfig | None = Field(None, description="off by default: see ExplorationConfig")
+    store_text: StoreTextConfig | None = Field(None, description="keep query and answer text: see StoreTextConfig")
     description: str = ""
 
 

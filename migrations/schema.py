@@ -14,11 +14,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -32,11 +34,20 @@ class Base(DeclarativeBase):
 
 class DecisionRow(Base):
     __tablename__ = "decisions"
+    __table_args__ = (
+        # The retraining window: a virtual model's decisions between two times (migrations/decision_window.py),
+        # joined to their feedback by its indexed decision_id. It serves lookups by virtual model alone too.
+        Index("ix_decisions_virtual_model_created_at", "virtual_model", "created_at"),
+        # The decisions still holding text, by virtual model and age: what `moe db prune` clears past a retention,
+        # without reading the rows that keep none (most of them) or those it cleared already.
+        Index("ix_decisions_text_kept", "virtual_model", "created_at", postgresql_where=text("prompt IS NOT NULL"),
+              sqlite_where=text("prompt IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     requested_model: Mapped[str] = mapped_column(String(200))
-    virtual_model: Mapped[str | None] = mapped_column(String(200), index=True)
+    virtual_model: Mapped[str | None] = mapped_column(String(200))
     policy: Mapped[str | None] = mapped_column(String(50))  # the cost knob the request asked for
     router: Mapped[str | None] = mapped_column(String(100))
     router_version: Mapped[str | None] = mapped_column(String(100))
@@ -66,7 +77,10 @@ class DecisionRow(Base):
     http_status: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # Text kept for retraining where a virtual model opts in (`store_text`, or MOE_LOG_PROMPTS for every request),
+    # redacted by its hook: the messages as JSON, and the answer's text (null for an answer that never completed).
     prompt: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
     # Who asked (null when API keys are not required). No foreign key: a log insert must never fail.
     api_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
     tenant: Mapped[str | None] = mapped_column(String(200), index=True)

@@ -29,7 +29,7 @@ from gateway.chat.protocol import REPLAY_FIRST, ChatCompletionRequest, openai_co
 from gateway.chat.relay import OpenStream, RelayResponse, relay, uncancel
 from gateway.chat.routing import RoutingBatcher
 from gateway.chat.targets import Target, Targets
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, stored_text
 from gateway.decisions.log import DecisionLog
 from gateway.decisions.record import DecisionRecord
 from gateway.errors import APIError, error_response
@@ -118,7 +118,7 @@ class ChatService:
             policy=target.knob,
             request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
             stream=body.stream,
-            prompt=json.dumps(messages) if self.log_prompts else None,
+            store_text=stored_text(target.virtual_model, self.log_prompts), messages=messages,
             api_key_id=key.id if key else None,
             tenant=key.tenant if key else None,
         )
@@ -205,6 +205,7 @@ class ChatService:
             record.upstream_ms = round((datetime.now(UTC) - first_call).total_seconds() * 1000, 3)
         record.ttft_ms = record.upstream_ms
         record.took(answer.payload.get("usage"))
+        record.keep_answer(answer.text)
         record.settle("ok", 200)
         return openai_completion(answer.payload, record)
 

@@ -9,11 +9,12 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from experts.pool import ExpertCall
+from gateway.config import StoreTextConfig
 
 
 @dataclass
@@ -47,10 +48,18 @@ class DecisionRecord:
     status: str = "pending"
     http_status: int = 200
     error: str | None = None
-    prompt: str | None = None
+    prompt: str | None = None  # the messages as JSON, as kept: filled from `messages` when the record is written
+    answer: str | None = None  # the answer's text where the text is kept (see `keep_answer`), redacted when written
     api_key_id: int | None = None  # who asked, when API keys are required
     tenant: str | None = None
     calls: list[ExpertCall] = field(default_factory=list)
+    # How this request's text is kept (None: it is not) and its messages, neither of them a column: the writer
+    # serialises and redacts the text as it writes the record, off the request path, and nothing unredacted
+    # reaches the database or a spill file.
+    store_text: Annotated[StoreTextConfig | None, Field(exclude=True)] = field(default=None, repr=False, compare=False)
+    messages: Annotated[list[dict[str, Any]] | None, Field(exclude=True)] = field(
+        default=None, repr=False, compare=False
+    )
 
     def settle(self, status: str, http_status: int, error: str | None = None) -> None:
         """How the request ended: the one place status and HTTP status are set, always together."""
@@ -61,8 +70,18 @@ class DecisionRecord:
         usage = usage or {}
         self.prompt_tokens, self.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
 
+    def keep_answer(self, text: str) -> None:
+        """The answer's text, kept where the request's text is."""
+        if self.store_text is not None:
+            self.answer = text
+
     def as_row(self) -> dict[str, Any]:
-        return _AS_ROW.dump_python(self)
+        row = _AS_ROW.dump_python(self)
+        if self.store_text is not None:
+            messages = self.store_text.kept_messages(self.messages or [])
+            row["prompt"] = None if messages is None else json.dumps(messages)
+            row["answer"] = None if self.answer is None else self.store_text.kept(self.answer)
+        return row
 
     def to_json(self) -> str:
         return json.dumps(self.as_row(), default=_iso)
