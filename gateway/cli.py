@@ -232,26 +232,46 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
 
 @db_app.command("prune")
 def db_prune(
-    older_than: Annotated[str, typer.Option(help="remove decisions older than this: 30d, 12h or 90m")],
+    older_than: Annotated[str | None, typer.Option(help="remove decisions older than this: 30d, 12h or 90m")] = None,
 ) -> None:
-    """Apply retention: remove decisions (with their expert calls and feedback) and dead letters older than AGE."""
-    from datetime import UTC, datetime
+    """Apply retention: remove decisions (with their expert calls and feedback) and dead letters older than AGE, and
+    clear the text of decisions older than their virtual model's `store_text.retention_days` (MOE_CONFIG)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.decisions.log import make_engine
-    from migrations.retention import parse_age, prune
+    from migrations.retention import clear_text, parse_age, prune
 
     try:
-        age = parse_age(older_than)
+        age = parse_age(older_than) if older_than is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--older-than") from None
     settings = Settings()
+    now = datetime.now(UTC)
+    retention = {vm.name: now - timedelta(days=vm.store_text.retention_days)
+                 for vm in _config_or_exit(settings).virtual_models
+                 if vm.store_text is not None and vm.store_text.retention_days is not None}
+    if age is None and not retention:
+        console.print("[red]nothing to prune[/red]: give --older-than, or set a virtual model's "
+                      "store_text.retention_days in the config")
+        raise typer.Exit(2)
     engine = make_engine(settings.database_url)
     try:
-        pruned = prune(engine, datetime.now(UTC) - age)
+        pruned = prune(engine, now - age) if age is not None else None
+        cleared = clear_text(engine, retention)
+    except SQLAlchemyError as exc:
+        console.print(f"[red]database error[/red] on {_redact(settings.database_url)} "
+                      f"(is it migrated? `moe db upgrade`): {type(exc).__name__}")
+        raise typer.Exit(1) from None
     finally:
         engine.dispose()
-    console.print(f"removed {pruned.decisions} decisions, {pruned.expert_calls} expert calls, {pruned.feedback} "
-                  f"feedback and {pruned.dead_letters} dead letters older than {older_than}")
+    if pruned is not None:
+        console.print(f"removed {pruned.decisions} decisions, {pruned.expert_calls} expert calls, {pruned.feedback} "
+                      f"feedback and {pruned.dead_letters} dead letters older than {older_than}")
+    if retention:
+        console.print(f"cleared the text of {cleared} decisions past their virtual model's retention "
+                      f"({', '.join(sorted(retention))})")
 
 
 @contextmanager

@@ -1,14 +1,16 @@
-"""Retention: the decision log's rows older than a cutoff removed, in batches (each its own short transaction, so
-a gateway writing beside it never waits long), with their expert calls and feedback. Router versions and API keys
-are kept."""
+"""Retention: the decision log's rows older than a cutoff removed, with their expert calls and feedback; and the text
+of decisions (prompt and answer) cleared past their virtual model's own retention, the rest of the row kept. Both
+in batches, each its own short transaction, so a gateway writing beside them never waits long. Router versions and
+API keys are kept."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 
 from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow, FeedbackRow
 
@@ -45,3 +47,25 @@ def prune(engine: Engine, before: datetime, batch: int = 5_000) -> Pruned:
     with engine.begin() as conn:
         dead = conn.execute(delete(DeadLetterRow).where(DeadLetterRow.failed_at < before)).rowcount
     return Pruned(decisions, calls, feedback, dead)
+
+
+def clear_text(engine: Engine, retention: Mapping[str, datetime], batch: int = 5_000) -> int:
+    """Clear the prompt and answer of each virtual model's decisions made before its cutoff (`retention`: virtual
+    model -> cutoff); how many decisions lost their text. Found by `ix_decisions_text_kept`, which holds only the
+    decisions that still have text."""
+    cleared = 0
+    for virtual_model, before in retention.items():
+        while True:
+            with engine.begin() as conn:
+                ids = list(conn.scalars(
+                    select(DecisionRow.id)
+                    .where(DecisionRow.virtual_model == virtual_model, DecisionRow.created_at < before,
+                           DecisionRow.prompt.is_not(None))
+                    .limit(batch)
+                ))
+                if not ids:
+                    break
+                cleared += conn.execute(
+                    update(DecisionRow).where(DecisionRow.id.in_(ids)).values(prompt=None, answer=None)
+                ).rowcount
+    return cleared

@@ -1,10 +1,13 @@
-"""`moe db prune --older-than`: retention of the decision log on SQLite and PostgreSQL."""
+"""`moe db prune`: retention of the decision log (`--older-than`) and of the text virtual models keep
+(`store_text.retention_days`), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -15,10 +18,25 @@ from migrations.retention import parse_age
 from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow, FeedbackRow
 
 
-def _decision(decision_id: str, created_at: datetime) -> DecisionRow:
-    return DecisionRow(id=decision_id, created_at=created_at, requested_model="moe-auto", request_hash="h" * 64,
-                       status="ok", http_status=200, ranked=[], recruited=[], stream=False, explored=False,
+def _decision(decision_id: str, created_at: datetime, virtual_model: str = "moe-auto", text: bool = False) -> DecisionRow:
+    return DecisionRow(id=decision_id, created_at=created_at, requested_model=virtual_model, request_hash="h" * 64,
+                       virtual_model=virtual_model, status="ok", http_status=200, ranked=[], recruited=[],
+                       stream=False, explored=False, prompt='[{"role": "user", "content": "q"}]' if text else None,
+                       answer="a" if text else None,
                        calls=[ExpertCallRow(attempt=0, expert="stem", started_at=created_at, status="ok")])
+
+
+def _config(tmp_path: Path) -> str:
+    """`week` keeps text 7 days, `forever` keeps it as long as the row, `none` keeps none."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "experts": [{"name": "stem", "model": "m", "api_base": "http://127.0.0.1:9/v1"}],
+        "routers": [{"name": "r", "artifact": "var/routers/x"}],
+        "virtual_models": [{"name": "week", "router": "r", "store_text": {"retention_days": 7}},
+                           {"name": "forever", "router": "r", "store_text": {}},
+                           {"name": "none", "router": "r"}],
+    }))
+    return str(path)
 
 
 def test_prune_removes_old_decisions_with_their_calls_and_feedback_and_keeps_the_rest(database_url: str) -> None:
@@ -41,6 +59,36 @@ def test_prune_removes_old_decisions_with_their_calls_and_feedback_and_keeps_the
         assert list(session.scalars(select(FeedbackRow.decision_id))) == ["recent"]
         assert list(session.scalars(select(DeadLetterRow.id))) == ["dead-new"]
     engine.dispose()
+
+
+def test_prune_clears_text_past_each_virtual_models_retention_and_keeps_the_rows(database_url: str,
+                                                                                  tmp_path: Path) -> None:
+    upgrade(database_url)
+    now = datetime.now(UTC)
+    engine = create_engine(database_url)
+    with Session(engine) as session, session.begin():
+        session.add_all([_decision(f"week-old-{i}", now - timedelta(days=8), "week", text=True) for i in range(3)]
+                        + [_decision("week-new", now - timedelta(days=6), "week", text=True),
+                           _decision("forever-old", now - timedelta(days=300), "forever", text=True)])
+    env = {"DATABASE_URL": database_url, "MOE_CONFIG": _config(tmp_path)}
+    result = CliRunner().invoke(cli, ["db", "prune"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "cleared the text of 3 decisions past their virtual model's retention (week)" in result.output
+    with Session(engine) as session:
+        rows = {row.id: row for row in session.scalars(select(DecisionRow))}
+        calls = session.scalar(select(func.count()).select_from(ExpertCallRow))
+    assert {id_: (row.prompt is not None, row.answer) for id_, row in rows.items()} == {
+        "week-old-0": (False, None), "week-old-1": (False, None), "week-old-2": (False, None),
+        "week-new": (True, "a"), "forever-old": (True, "a")}
+    assert calls == 5  # the rows stay whole but for their text
+    again = CliRunner().invoke(cli, ["db", "prune"], env=env)
+    assert "cleared the text of 0 decisions" in again.output
+    engine.dispose()
+
+
+def test_prune_with_nothing_to_apply_says_so(sqlite_url: str) -> None:
+    result = CliRunner().invoke(cli, ["db", "prune"], env={"DATABASE_URL": sqlite_url})  # the embedded default config
+    assert result.exit_code == 2 and "nothing to prune" in result.output
 
 
 @pytest.mark.parametrize("text, expected", [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)),
