@@ -3,9 +3,14 @@
 A request only appends to an in-memory buffer. A background task writes batches in a worker
 thread; when the database is down the batch stays buffered and is retried with backoff. Past the
 buffer's bound, the oldest records spill to JSON-lines files on disk, which are replayed (and
-deleted) once the database answers again. Inserts ignore rows already present, so a replay after a
+deleted) once the database answers again. Rows already present are skipped, so a replay after a
 crash between write and delete duplicates nothing. Shutdown flushes; if the database is still down
 then, everything left spills.
+
+PostgreSQL takes each batch by COPY: 11-12k records/s against 6-7k for the executemany insert it
+replaced, at half the writer's CPU per record (26 us against 57, with one expert call each, on 2
+cores; bench/log_scale.py measures it at 1M records). COPY cannot skip a row already present, so a
+batch that holds one (a replay) goes again through the insert that ignores them, as on SQLite.
 
 One record must never hold up the others. Strings are cut to their columns' lengths before they are
 written. A batch the database refuses while it still answers a ping was refused for its data: it is
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import time
@@ -29,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, String, Table, create_engine, text
+from sqlalchemy import JSON, Engine, String, Table, create_engine, text
 
 from gateway.decisions.record import DecisionRecord
 from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow
@@ -202,10 +208,30 @@ class DecisionLog:
             for call in row.pop("calls"):
                 calls.append(_bounded(ExpertCallRow.__table__, {**call, "decision_id": rec.id}))
             decisions.append(_bounded(DecisionRow.__table__, row))
+        if self.engine.dialect.name == "postgresql":
+            from psycopg.errors import UniqueViolation
+
+            try:
+                self._copy(decisions, calls)
+                return
+            except UniqueViolation:  # rows already written: a replay, taken by the insert that skips them
+                pass
         with self.engine.begin() as conn:
             conn.execute(self._insert_ignoring(DecisionRow), decisions)
             if calls:
                 conn.execute(self._insert_ignoring(ExpertCallRow), calls)
+
+    def _copy(self, decisions: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
+        """Both tables' rows by COPY, in one transaction (PostgreSQL, through psycopg's own cursor)."""
+        with self.engine.begin() as conn, conn.connection.driver_connection.cursor() as cursor:
+            for table, rows in ((DecisionRow.__table__, decisions), (ExpertCallRow.__table__, calls)):
+                if not rows:
+                    continue
+                names = [column for column in _columns(table) if column in rows[0]]
+                json_columns = _json_columns(table)
+                with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row([json.dumps(row[n]) if n in json_columns else row[n] for n in names])
 
     def _insert_ignoring(self, row: type[Any]) -> Any:
         if self.engine.dialect.name == "postgresql":  # each dialect's module loads only where it is used
@@ -293,6 +319,17 @@ def _string_limits(table: Table) -> tuple[tuple[str, int], ...]:
         for column in table.columns
         if isinstance(column.type, String) and column.type.length is not None
     )
+
+
+@functools.cache
+def _columns(table: Table) -> tuple[str, ...]:
+    return tuple(column.name for column in table.columns)
+
+
+@functools.cache
+def _json_columns(table: Table) -> frozenset[str]:
+    """Columns COPY takes as JSON text (ranked, recruited)."""
+    return frozenset(column.name for column in table.columns if isinstance(column.type, JSON))
 
 
 def _written_at(path: Path) -> datetime | None:
