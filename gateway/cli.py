@@ -16,6 +16,7 @@ from rich.console import Console
 from gateway.config import ConfigError, load_config
 from gateway.settings import Settings
 from training.cli import app as router_app
+from training.judge import judge_command
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -32,6 +33,7 @@ keys_app = typer.Typer(help="API keys, stored hashed in the DATABASE_URL databas
 app.add_typer(keys_app, name="keys")
 app.add_typer(batch_app, name="batch")
 app.add_typer(router_app, name="router")
+app.command("judge")(judge_command)
 console = Console(stderr=True)
 
 
