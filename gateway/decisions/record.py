@@ -77,10 +77,10 @@ class DecisionRecord:
 
     def as_row(self) -> dict[str, Any]:
         row = _AS_ROW.dump_python(self)
-        if self.store_text is not None:
+        if self.store_text is not None:  # an answer is kept only beside its prompt: retention finds it so
             messages = self.store_text.kept_messages(self.messages or [])
             row["prompt"] = None if messages is None else json.dumps(messages)
-            row["answer"] = None if self.answer is None else self.store_text.kept(self.answer)
+            row["answer"] = None if messages is None or self.answer is None else self.store_text.kept(self.answer)
         return row
 
     def to_json(self) -> str:
