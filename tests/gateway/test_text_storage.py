@@ -35,6 +35,12 @@ def not_text(text: str) -> bytes:
     return text.encode()
 
 
+def refuse_questions(text: str) -> str:
+    if "?" in text:
+        raise ValueError("cannot redact a question")
+    return text
+
+
 def two_models(experts: list[dict[str, Any]], artifact: Path) -> GatewayConfig:
     """`kept` keeps redacted text for 30 days, `plain` keeps none: the same router behind both."""
     return GatewayConfig.model_validate({
@@ -90,6 +96,14 @@ def test_a_failing_hook_costs_the_text_never_the_record(hook: str) -> None:
     row = record.as_row()
     assert (row["prompt"], row["answer"]) == (None, None)
     assert row["requested_model"] == "kept"
+
+
+def test_an_answer_is_not_kept_without_its_prompt() -> None:
+    """Retention finds kept text by the prompt: an answer kept alone would outlive it."""
+    store = StoreTextConfig(redact="tests.gateway.test_text_storage:refuse_questions")
+    record = DecisionRecord("kept", "0" * 64, False, store_text=store, messages=[{"role": "user", "content": QUESTION}])
+    record.keep_answer("x = 5")
+    assert (record.as_row()["prompt"], record.as_row()["answer"]) == (None, None)
 
 
 def test_text_parts_are_redacted_one_by_one_and_the_prompt_stays_messages() -> None:
