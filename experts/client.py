@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from experts.registry import ExpertConfig
 
 if TYPE_CHECKING:
-    import httpx
+    from experts.openai_client import ServerSession
 
 _T = TypeVar("_T")
 _LITELLM_PREFIX = re.compile(r"^(litellm\.\w+:\s*)?(\w+Exception\s+-\s+)?")
@@ -116,9 +116,9 @@ class ExpertClients(Mapping[str, ExpertClient]):
     """Every expert's client by name, and the connection pools they share (one per server), closed together."""
 
     def __init__(self, experts: Sequence[ExpertConfig]) -> None:
-        from experts.openai_client import OpenAIClient, pooled_http
+        from experts.openai_client import OpenAIClient, ServerSession
 
-        self._pools: dict[str, httpx.AsyncClient] = {}
+        self._pools: dict[str, ServerSession] = {}
         self._clients: dict[str, ExpertClient] = {}
         for expert in experts:
             if expert.provider == "litellm":
@@ -129,7 +129,7 @@ class ExpertClients(Mapping[str, ExpertClient]):
                 assert expert.api_base is not None
                 base = expert.api_base.rstrip("/")
                 if base not in self._pools:  # one pool per server, built once (not once per expert)
-                    self._pools[base] = pooled_http(base)
+                    self._pools[base] = ServerSession(base)
                 self._clients[expert.name] = OpenAIClient(expert, self._pools[base])
 
     def __getitem__(self, name: str) -> ExpertClient:

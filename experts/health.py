@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from experts.openai_client import tls_for
 from experts.registry import ExpertConfig
@@ -34,11 +34,12 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         # Experts sharing a server share one probe.
         self._bases = sorted({base for e in self.experts if (base := _probed(e))})
-        self._client: httpx.AsyncClient | None = None  # one for the monitor's life, built on first use
+        self._client: aiohttp.ClientSession | None = None  # one for the monitor's life, built on first use
 
     async def check_all(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=2.0, verify=tls_for(*self._bases))
+            self._client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls_for(*self._bases)),
+                                                 timeout=aiohttp.ClientTimeout(total=2.0))
         bases = self._bases
         results = await asyncio.gather(*(self._probe(self._client, base) for base in bases))
         by_base = dict(zip(bases, results, strict=True))
@@ -52,12 +53,12 @@ class HealthMonitor:
                 log.info("expert %s is now %s", expert.name, "healthy" if error is None else f"down: {error}")
 
     @staticmethod
-    async def _probe(client: httpx.AsyncClient, base: str) -> str | None:
+    async def _probe(client: aiohttp.ClientSession, base: str) -> str | None:
         try:
-            response = await client.get(f"{base}/models")
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None if response.status_code == 200 else f"HTTP {response.status_code}"
+            async with client.get(f"{base}/models") as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     def any_healthy(self) -> bool:
         return any(h.healthy for h in self.status.values())
@@ -71,7 +72,7 @@ class HealthMonitor:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     async def _loop(self) -> None:
         while True:

@@ -13,10 +13,10 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -44,6 +44,9 @@ from routers.exploration import choose
 
 if TYPE_CHECKING:  # tracing's instrumentation and exporter load only when it is on
     from gateway.observability.tracing import RequestTracer
+
+
+_T = TypeVar("_T")
 
 
 class ClientGone(Exception):
@@ -348,21 +351,29 @@ def _shutting_down() -> JSONResponse:
     return response
 
 
-async def _unless_disconnected(request: Request, work: Any) -> Any:
-    """Run `work`, cancelling it (and with it the upstream call) if the client hangs up first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
+async def _unless_disconnected(request: Request, work: Awaitable[_T]) -> _T:
+    """Run `work` in this task, cancelling it (and with it the upstream call) if the client hangs up first: one
+    watcher task per request, not a second task for the work and a wait over both."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_disconnect(request)
+        gone = True
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientGone
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone:  # uvicorn's cancel (the shutdown drain ran out), not the client's
+            raise
+        task.uncancel()
+        raise ClientGone from None
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
 
 
 async def _wait_disconnect(request: Request) -> None:
