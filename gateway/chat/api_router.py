@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from gateway.bodies import BodyReader, json_body
 from gateway.chat.protocol import ChatCompletionRequest
-from gateway.keys.guard import caller, metered_caller
-from gateway.keys.store import ApiKey
+from gateway.keys.guard import BEARER_SECURITY, caller, metered_caller
 from gateway.services import Services
 
 chat_routes = APIRouter()
@@ -19,8 +18,10 @@ chat_routes = APIRouter()
 
 # The body is read by gateway/bodies.py, not FastAPI (whose parser takes NaN and blocks the event loop on large
 # bodies); the schema is still published, for clients and the fuzz.
-@chat_routes.post("/v1/chat/completions", response_model=None, openapi_extra=json_body(ChatCompletionRequest))
-async def chat_completions(request: Request, key: Annotated[ApiKey | None, Depends(metered_caller)]) -> Response:
+@chat_routes.post("/v1/chat/completions", response_model=None,
+                  openapi_extra={**json_body(ChatCompletionRequest), "security": BEARER_SECURITY})
+async def chat_completions(request: Request) -> Response:
+    key = await metered_caller(request)
     bodies: BodyReader = request.app.state.bodies
     body = await bodies.read(await request.body(), ChatCompletionRequest)
     services: Services = request.app.state.services
