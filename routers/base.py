@@ -93,6 +93,9 @@ class Router(ABC):
     # Whether it routes between the experts a gateway config declares (by their declared domains) rather than
     # the experts the training data scores: what it is built with before `fit`.
     experts_from_config: ClassVar[bool] = False
+    # Whether `fit` learns from partial scores (NaN where an expert's reward is unknown: bandit feedback from the
+    # decision log, where only the chosen expert answered) and honours `RoutingDataset.weights`.
+    learns_from_partial_scores: ClassVar[bool] = False
     features: QueryFeatures | None = None  # what it reads of a query, for the families that share them
     cost_model: CostModel | None = None  # each expert's cost predicted per query, when trained with costs
 

@@ -4,6 +4,11 @@ A `RoutingDataset` holds, per query, a score for each expert's answer (the rewar
 a reward model's or a judge's grade, user feedback), each answer's cost, tags (subjects, skills)
 and an optional domain label. training/dataset.py loads the MMLU-Pro pool and a user's own JSONL
 into it, so other experts and other data need no code change.
+
+Bandit feedback from the decision log (training/log_data.py) knows only the chosen expert's reward:
+the other scores are NaN, and `weights` may say how much each row's known scores count (e.g. the
+inverse of the probability that the logging policy chose that expert). Only the families whose
+`learns_from_partial_scores` is set train on such data.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class RoutingDataset:
     tags: tuple[tuple[str, ...], ...]  # [n]: e.g. (category, src subject)
     domains: np.ndarray  # str [n]: label for domain routers ("" when unknown)
     split: np.ndarray  # str [n]: train / dev / test
+    weights: np.ndarray | None = None  # float [n]: how much each row's known scores count; None: all alike
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -39,6 +45,7 @@ class RoutingDataset:
             tags=tuple(self.tags[i] for i in index),
             domains=self.domains[index],
             split=self.split[index],
+            weights=None if self.weights is None else self.weights[index],
         )
 
     def of_split(self, split: str) -> RoutingDataset:

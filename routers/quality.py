@@ -9,6 +9,7 @@ the dataset's reward units (for the pool: the probability its answer is right). 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,14 +53,25 @@ def smoothed_quality(labels: np.ndarray, scores: np.ndarray, classes: Sequence[s
 
 
 def routing_metrics(prefix: str, predicted: np.ndarray, dataset: RoutingDataset) -> dict[str, float]:
-    """Mean reward of the argmax pick, against the best single expert and the oracle on the same rows."""
+    """Mean reward of the argmax pick, against the best single expert and the oracle on the same rows.
+
+    With partial scores (NaN where an expert's reward is unknown) the accuracy is the mean over the rows
+    where the pick's reward is known (a replay estimate, biased toward the logging policy's choices), the
+    best single expert's is its mean where known, and the oracle counts the fully scored rows only; a metric
+    without a row to measure it on is absent.
+    """
     picked = dataset.scores[np.arange(len(dataset)), np.argmax(predicted, axis=1)]
-    return {
-        f"n_{prefix}": float(len(dataset)),
-        f"{prefix}_accuracy": float(picked.mean()),
-        f"{prefix}_best_single": float(dataset.scores.mean(axis=0).max()),
-        f"{prefix}_oracle": float(dataset.scores.max(axis=1).mean()),
-    }
+    known = ~np.isnan(dataset.scores)
+    per_expert = [column[seen].mean() for column, seen in zip(dataset.scores.T, known.T, strict=True) if seen.any()]
+    complete = known.all(axis=1)
+    metrics = {f"n_{prefix}": float(len(dataset))}
+    if (~np.isnan(picked)).any():
+        metrics[f"{prefix}_accuracy"] = float(np.nanmean(picked))
+    if per_expert:
+        metrics[f"{prefix}_best_single"] = float(max(per_expert))
+    if complete.any():
+        metrics[f"{prefix}_oracle"] = float(dataset.scores[complete].max(axis=1).mean())
+    return metrics
 
 
 class QualityRouter(Router):
@@ -73,9 +85,12 @@ class QualityRouter(Router):
         (`q90`, `q95`, `q100`: see routers/policy.py) and the manifest."""
         self.cost_model = CostModel.fit(train.queries.tolist(), train.costs)
         dev_texts = dev.queries.tolist()
-        calibration = (
-            calibrate(self.score(dev_texts), dev, expected_cost=self.query_cost(dev_texts)) if len(dev) else {}
-        )
+        calibration = {}
+        if len(dev):
+            predicted = self.score(dev_texts)
+            # An unknown reward (partial scores) counts as the router's own prediction of it.
+            known = replace(dev, scores=np.where(np.isnan(dev.scores), predicted, dev.scores))
+            calibration = calibrate(predicted, known, expected_cost=self.query_cost(dev_texts))
         rows = [
             {"query": q, "scores": s, "split": split}
             for part, split in ((train, "train"), (dev, "dev"))

@@ -13,6 +13,11 @@ the head's log-probability by a one-feature logistic regression fitted on dev (h
 head's training, so it sees the head's real error), giving for the pool the probability that the
 expert answers right. One calibration serves all experts: it is monotone, so the ranking stays the
 head's (per-expert calibrations were tried: they reorder experts and lost 1.5 points of dev accuracy).
+
+Partial scores (bandit feedback from the decision log, `moe router retrain`: only the chosen expert's
+reward is known) have no distribution to distil: each logit is then fitted as its expert's log-odds of
+reward by binary cross-entropy on the known entries only, optionally weighted per row (inverse
+propensity), and the same dev calibration follows on the known (query, expert) pairs.
 """
 
 from __future__ import annotations
@@ -92,13 +97,23 @@ def fit_head(
     dev_x: np.ndarray,
     dev_rewards: np.ndarray,
     *,
+    partial: bool = False,
+    row_weights: np.ndarray | None = None,
     hidden: int = 256,
     epochs: int = 40,
     patience: int = 8,
     seed: int = 0,
 ) -> tuple[list[np.ndarray], float]:
-    """Minimise KL(target || softmax(head(x))); keep the epoch whose argmax picks score best on dev."""
+    """Fit the head; keep the epoch that does best on dev, and say how well it did.
+
+    A full `target` (a distribution per row): minimise KL(target || softmax(head(x))); on dev, the mean reward
+    of the argmax picks. A `partial` one (unit rewards, NaN where unknown: bandit feedback): each logit is the
+    log-odds of its expert's reward, binary cross-entropy on the known entries (rows weighed by `row_weights`);
+    on dev, minus the same loss on its known entries (`dev_rewards` in [0, 1]): the reward of the picks is known
+    only where they agree with the logging policy, which would favour whatever agrees with it.
+    """
     import torch
+    from torch.nn import functional
 
     torch.manual_seed(seed)
     head = torch.nn.Sequential(
@@ -108,25 +123,40 @@ def fit_head(
         torch.nn.Linear(hidden, target.shape[1]),
     )
     optimiser = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-2)
-    inputs, targets, dev_inputs = torch.from_numpy(x), torch.from_numpy(target).float(), torch.from_numpy(dev_x)
+    known, dev_known = torch.from_numpy(~np.isnan(target)), torch.from_numpy(~np.isnan(dev_rewards))
+    weights = torch.ones(len(x)) if row_weights is None else torch.from_numpy(row_weights / row_weights.mean()).float()
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(np.nan_to_num(target)).float()
+    dev_inputs, dev_targets = torch.from_numpy(dev_x), torch.from_numpy(np.nan_to_num(dev_rewards)).float()
+
+    def masked_loss(logits: torch.Tensor, wanted: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        loss = functional.binary_cross_entropy_with_logits(logits, wanted, reduction="none") * seen * weight[:, None]
+        return loss.sum() / seen.sum().clamp(min=1)
+
     generator = torch.Generator().manual_seed(seed)
     best: tuple[float, list[np.ndarray]] = (-np.inf, [])
     since_best = 0
     for _ in range(epochs):
         head.train()
         for batch in torch.randperm(len(inputs), generator=generator).split(128):
-            log_probs = torch.log_softmax(head(inputs[batch]), dim=1)
-            loss = torch.nn.functional.kl_div(log_probs, targets[batch], reduction="batchmean")
+            logits = head(inputs[batch])
+            if partial:
+                loss = masked_loss(logits, targets[batch], known[batch], weights[batch])
+            else:
+                loss = functional.kl_div(torch.log_softmax(logits, dim=1), targets[batch], reduction="batchmean")
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         head.eval()
         with torch.no_grad():
-            picks = head(dev_inputs).argmax(dim=1).numpy()
-        accuracy = float(dev_rewards[np.arange(len(picks)), picks].mean())
-        if accuracy > best[0]:
+            dev_logits = head(dev_inputs)
+            if partial:
+                score = -float(masked_loss(dev_logits, dev_targets, dev_known, torch.ones(len(dev_x))))
+            else:
+                picks = dev_logits.argmax(dim=1).numpy()
+                score = float(dev_rewards[np.arange(len(picks)), picks].mean())
+        if score > best[0]:
             best = (
-                accuracy,
+                score,
                 [p.detach().numpy().copy() for p in (head[0].weight.T, head[0].bias, head[3].weight.T, head[3].bias)],
             )
             since_best = 0
@@ -135,16 +165,31 @@ def fit_head(
     return best[1], best[0]
 
 
+def distil(
+    x: np.ndarray, unit: np.ndarray, tags: Sequence[Sequence[str]], dev_x: np.ndarray, dev_rewards: np.ndarray
+) -> tuple[float, float, list[np.ndarray]]:
+    """The head distilled from softmax(tag-enhanced reward / T), beta and T chosen by its dev accuracy."""
+    best: tuple[float, float, float, list[np.ndarray]] = (-np.inf, 0.0, 1.0, [])
+    for beta, temperature in itertools.product(BETAS if any(tags) else (0.0,), TEMPERATURES):
+        logits = tag_enhanced(unit, tags, beta) / temperature
+        target = np.exp(logits - logits.max(axis=1, keepdims=True))
+        weights, accuracy = fit_head(x, target / target.sum(axis=1, keepdims=True), dev_x, dev_rewards)
+        if accuracy > best[0]:
+            best = (accuracy, beta, temperature, weights)
+    return best[1], best[2], best[3]
+
+
 def fit_calibration(log_probs: np.ndarray, unit_rewards: np.ndarray) -> np.ndarray:
-    """Slope and intercept of P(reward) = sigmoid(a * log p + b) over every (query, expert) pair.
+    """Slope and intercept of P(reward) = sigmoid(a * log p + b) over every (query, expert) pair with a known reward.
 
     Rewards in [0, 1] are soft labels: each pair counts as right with weight r and wrong with 1 - r.
     """
     from sklearn.linear_model import LogisticRegression
 
-    feature = np.tile(log_probs.ravel(), 2)[:, None]
-    labels = np.repeat([1, 0], log_probs.size)
-    weights = np.concatenate([unit_rewards.ravel(), 1 - unit_rewards.ravel()])
+    known = ~np.isnan(unit_rewards)  # partial scores: the pairs whose reward is known
+    feature = np.tile(log_probs[known], 2)[:, None]
+    labels = np.repeat([1, 0], known.sum())
+    weights = np.concatenate([unit_rewards[known], 1 - unit_rewards[known]])
     if weights[labels == 1].sum() == 0 or weights[labels == 0].sum() == 0:  # always or never right
         return np.array([0.0, 20.0 if weights[labels == 0].sum() == 0 else -20.0])
     model = LogisticRegression(C=10.0).fit(feature, labels, sample_weight=weights)
@@ -153,6 +198,7 @@ def fit_calibration(log_probs: np.ndarray, unit_rewards: np.ndarray) -> np.ndarr
 
 class RewardDistilledRouter(QualityRouter):
     family = "reward-distilled"
+    learns_from_partial_scores = True
 
     def __init__(
         self,
@@ -171,18 +217,16 @@ class RewardDistilledRouter(QualityRouter):
         self.features = QueryFeatures.fit(features, train.queries.tolist())
         x = self.features.of_training(train.queries.tolist())
         dev_x = self.features.of_training(dev.queries.tolist())
-        low, high = float(min(train.scores.min(), dev.scores.min())), float(max(train.scores.max(), dev.scores.max()))
+        both = np.concatenate([train.scores, dev.scores])
+        low, high = float(np.nanmin(both)), float(np.nanmax(both))
         span = (high - low) or 1.0
         unit, dev_unit = (train.scores - low) / span, (dev.scores - low) / span
 
-        best: tuple[float, float, float, list[np.ndarray]] = (-np.inf, 0.0, 1.0, [])
-        for beta, temperature in itertools.product(BETAS if any(train.tags) else (0.0,), TEMPERATURES):
-            logits = tag_enhanced(unit, train.tags, beta) / temperature
-            target = np.exp(logits - logits.max(axis=1, keepdims=True))
-            weights, accuracy = fit_head(x, target / target.sum(axis=1, keepdims=True), dev_x, dev.scores)
-            if accuracy > best[0]:
-                best = (accuracy, beta, temperature, weights)
-        _, beta, temperature, weights = best
+        if np.isnan(both).any():  # bandit feedback: each expert's log-odds learnt where its reward is known
+            beta, temperature = None, None
+            weights, _ = fit_head(x, unit, dev_x, dev_unit, partial=True, row_weights=train.weights)
+        else:
+            beta, temperature, weights = distil(x, unit, train.tags, dev_x, dev.scores)
 
         uncalibrated = RewardHead(*weights, calibration=np.array([1.0, 0.0]), reward_range=np.array([low, high]))
         dev_log_probs = uncalibrated.log_probs(dev_x)
@@ -191,8 +235,11 @@ class RewardDistilledRouter(QualityRouter):
         )
         quality = self.head.quality(dev_x)
         metrics = routing_metrics("dev", quality, dev)
-        # Mean predicted minus mean actual reward per expert, on the rows the calibration was fitted to.
-        metrics["dev_calibration_gap"] = float(np.abs(quality.mean(axis=0) - dev.scores.mean(axis=0)).max())
+        # Mean predicted minus mean actual reward per expert, on the rows (and entries) the calibration was fitted to.
+        known = ~np.isnan(dev.scores)
+        gaps = [abs(q[seen].mean() - r[seen].mean()) for q, r, seen in zip(quality.T, dev.scores.T, known.T, strict=True)
+                if seen.any()]
+        metrics["dev_calibration_gap"] = float(max(gaps))
         self._fitted(
             name,
             train,
@@ -201,6 +248,7 @@ class RewardDistilledRouter(QualityRouter):
             {
                 **self.features.params(),
                 "head": "mlp-256",
+                "objective": "kl-to-softmax" if beta is not None else "masked-log-loss",
                 "beta": beta,
                 "temperature": temperature,
                 "quality_calibration": "platt-on-dev",
