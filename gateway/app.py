@@ -46,8 +46,9 @@ def create_app(
         app.state.services = services
         # What start-up built (the routers, the app: ~480k objects with the heavier routers) lives as long as the
         # process, and a full garbage collection scanning it held the event loop for ~300 ms. Frozen, collections
-        # scan only what requests allocate.
+        # scan only what requests allocate; `moe serve` starts with collection off (gateway/cli.py).
         gc.freeze()
+        gc.enable()
         try:
             yield
         finally:
