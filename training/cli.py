@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +21,22 @@ console = Console()
 @app.callback()
 def main() -> None:
     """Train routers and write their versioned artifacts."""
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """`on_start(stage, total)` for the work below: a rich progress bar per stage, advanced by what it returns."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+
+        def on_start(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda done: progress.advance(task, done)
+
+        yield on_start
 
 
 @app.command()
@@ -95,8 +113,6 @@ def eval_(
     import shlex
     import sys
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from training.dataset import load_dataset
     from training.evaluate import plot, run_scenario, summary_table
 
@@ -104,14 +120,7 @@ def eval_(
     if experts:
         dataset = dataset.with_experts([name.strip() for name in experts.split(",") if name.strip()])
     names = [name.strip() for name in baselines.split(",") if name.strip()]
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-
-        def on_start(description: str, total: int):  # noqa: ANN202
-            task = progress.add_task(description, total=total)
-            return lambda done: progress.advance(task, done)
-
+    with progress_bars() as on_start:
         report = run_scenario(
             dataset, split, routers or [], names, knn_k=knn_k, latency_queries=latency_queries, on_start=on_start
         )
@@ -210,6 +219,129 @@ def revert(
     """Retire ROUTER's active version and serve the one active before it again."""
     info = _versions(database_url, lambda versions: versions.revert(router))
     console.print(f"{info.router} version {info.id} ({info.version}) is active again")
+
+
+
+# -- retraining from the decision log, and the gate a version passes before promotion ---------------
+def _moment(text: str | None, option: str) -> datetime | None:
+    """An ISO date or time; without a zone, UTC (the log's clock)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"an ISO date or time such as 2025-03-01 or 2025-03-01T12:00:00Z, not {text!r}",
+                                 param_hint=option) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def retrain(
+    router: Annotated[str, typer.Option(help="the config's router name (routers: - name:)")],
+    out: Annotated[Path, typer.Option(help="artifact directory for the candidate")],
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    config: Annotated[Path | None, typer.Option(help="gateway YAML: the router's experts and virtual models")] = None,
+    family: Annotated[
+        str, typer.Option(help="a family that learns from partial rewards (reward-distilled: each expert's reward "
+                          "learnt from the requests it answered)")
+    ] = "reward-distilled",
+    since: Annotated[str | None, typer.Option(help="ISO time: decisions made from then on")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time: decisions made before then (default: now)")] = None,
+    feedback_source: Annotated[
+        list[str] | None, typer.Option(help="only feedback from this source, e.g. user or judge (repeatable)")
+    ] = None,
+    base_data: Annotated[
+        str | None, typer.Option(help="a pool directory or a routing JSONL: mixed in, and replayed on its test split")
+    ] = None,
+    base_share: Annotated[float, typer.Option(min=0, max=0.95, help="share of the training rows from --base-data")] = 0.5,
+    holdout: Annotated[float, typer.Option(min=0.01, max=0.9, help="share of the records held out to value it")] = 0.2,
+    weighting: Annotated[str, typer.Option(help="none, or ips: weigh each record by 1 / its propensity")] = "none",
+    features: Annotated[str, typer.Option(help="what the router reads of a query: " + ", ".join(KINDS))] = DEFAULT_KIND,
+    register: Annotated[bool, typer.Option(help="register the candidate in the database")] = True,
+) -> None:
+    """Train a candidate version on the feedback in the decision log, value it off-policy on held-out records,
+    replay it on the base data, write its artifact and register it as a candidate."""
+    import importlib.util
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from migrations.router_versions import VersionError
+    from training.retrain import RetrainError, RetrainRequest
+    from training.retrain import retrain as run_retrain
+    from training.train import DEFAULT_CONFIG
+
+    if importlib.util.find_spec("sklearn") is None:
+        console.print("[red]training needs the train extra[/red]: pip install 'moe-gateway[train]' (make setup has it)")
+        raise typer.Exit(1)
+    if feedback_source and any(not s.strip() for s in feedback_source):
+        raise typer.BadParameter("a source name is not empty", param_hint="--feedback-source")
+    request = RetrainRequest(
+        router=router, out=out, database_url=database_url, config=config or DEFAULT_CONFIG, family=family,
+        since=_moment(since, "--since"), until=_moment(until, "--until"), sources=tuple(feedback_source or ()),
+        base_data=base_data, base_share=base_share, holdout=holdout, weighting=weighting, features=features,
+        register=register,
+    )
+    try:
+        with progress_bars() as on_start:
+            result = run_retrain(request, on_start)
+    except (RetrainError, VersionError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:
+        console.print(f"[red]the decision log at --database-url cannot be read: {getattr(exc, 'orig', None) or exc}"
+                      "[/red] (is it migrated? moe db upgrade)")
+        raise typer.Exit(1) from None
+    manifest = result.manifest
+    if result.existing:
+        console.print(f"already retrained from the same data: {router} {manifest.version}")
+    where = f" at {result.directory}" if result.directory else ""
+    status = "not registered" if result.version_id is None else f"version {result.version_id}"
+    console.print(f"{router} {status} ({manifest.version}){where}")
+    table = Table(title=f"{manifest.family} {manifest.version}", show_header=False)
+    retrained = manifest.params.get("retrain", {})
+    table.add_row("parent", f"{retrained.get('parent_version')} (id {retrained.get('parent_id')})")
+    table.add_row("window", f"{retrained.get('since') or 'start'} to {retrained.get('until')}")
+    table.add_row("records", f"{retrained.get('records')} (held out {retrained.get('holdout_records')}; dropped "
+                  f"{retrained.get('dropped_without_prompt')} without a stored prompt, "
+                  f"{retrained.get('dropped_unknown_expert')} for unconfigured experts)")
+    table.add_row("data hash", manifest.data_hash)
+    for metric, value in sorted(manifest.metrics.items()):
+        table.add_row(metric, f"{value:.4f}")
+    console.print(table)
+
+
+@app.command()
+def gate(
+    router: Annotated[str, typer.Option(help="the config's router name")],
+    version: Annotated[str, typer.Option(help="the version's id (`moe router versions`) or its version string")],
+    profile: Annotated[Path, typer.Option(help="gate profile JSON (example: training/gates/default.json)")],
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+) -> None:
+    """Check a version's metrics against a gate profile: exit 0 when every check passes, 1 otherwise (a metric the
+    version lacks fails its check)."""
+    from training.gate import load_profile, run_gate
+
+    try:
+        checks = load_profile(profile)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--profile") from None
+    found = [info for info in _versions(database_url, lambda versions: versions.list(router))
+             if version in (str(info.id), info.version)]
+    if not found:
+        console.print(f"[red]{router} has no version {version!r}[/red] (see moe router versions)")
+        raise typer.Exit(1)
+    outcomes = run_gate(checks, found[0].metrics)
+    table = Table("metric", "value", "threshold", "", title=f"{router} version {found[0].id} ({found[0].version})")
+    for outcome in outcomes:
+        value = "missing" if outcome.value is None else f"{outcome.value:.4g}"
+        table.add_row(outcome.check.metric, value, outcome.threshold,
+                      "[green]pass[/green]" if outcome.passed else "[red]FAIL[/red]")
+    console.print(table)
+    failed = [outcome.check.metric for outcome in outcomes if not outcome.passed]
+    if failed:
+        console.print(f"[red]gate failed[/red]: {', '.join(failed)}")
+        raise typer.Exit(1)
+    console.print("[green]gate passed[/green]")
 
 
 if __name__ == "__main__":
