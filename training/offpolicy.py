@@ -18,7 +18,7 @@ makes the estimate honest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class Estimate:
     dr_stderr: float  # standard error of the DR mean
     matched: int  # requests where the target agrees with the logged choice
     n: int
+    per_request: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))  # DR terms
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """The estimate as manifest metrics: `<prefix>_snips` (absent when undefined), `_dr`, `_dr_stderr`,
@@ -56,4 +57,13 @@ def estimate(
     snips = float(weight @ reward / weight.sum()) if weight.any() else None
     per_request = predicted[rows, target] + weight * (reward - predicted[rows, logged])
     stderr = float(per_request.std(ddof=1) / np.sqrt(len(rows)))
-    return Estimate(snips, float(per_request.mean()), stderr, int((target == logged).sum()), len(rows))
+    return Estimate(snips, float(per_request.mean()), stderr, int((target == logged).sum()), len(rows), per_request)
+
+
+def dr_gain(candidate: Estimate, baseline: Estimate) -> tuple[float, float]:
+    """The candidate's DR value minus the baseline's, valued on the same requests, and its standard error: that of
+    the per-request differences, since the two share their requests (often far below either value's own)."""
+    if len(candidate.per_request) != len(baseline.per_request):
+        raise ValueError("a gain compares estimates on the same requests")
+    difference = candidate.per_request - baseline.per_request
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))

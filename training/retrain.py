@@ -40,7 +40,7 @@ from routers.features import DEFAULT_KIND, KINDS
 from routers.manifest import data_hash
 from routers.policy import CostPolicy, parse_knob
 from training.log_data import WEIGHTINGS, BanditLog, Dropped, bandit_log, with_base
-from training.offpolicy import estimate
+from training.offpolicy import dr_gain, estimate
 from training.train import DEFAULT_CONFIG, load_expert_profiles
 
 DEFAULT_FAMILY = "reward-distilled"
@@ -290,7 +290,7 @@ def holdout_metrics(candidate: Router, parent: Parent | None, holdout: BanditLog
         if (theirs >= 0).all():
             before = estimate(theirs, holdout.action, holdout.propensity, holdout.reward, predicted)
             metrics.update(before.metrics("parent_offpolicy"))
-            metrics["offpolicy_gain_dr"] = mine.dr - before.dr
+            metrics["offpolicy_gain_dr"], metrics["offpolicy_gain_dr_stderr"] = dr_gain(mine, before)
             if mine.snips is not None and before.snips is not None:
                 metrics["offpolicy_gain_snips"] = mine.snips - before.snips
     tick(len(holdout))

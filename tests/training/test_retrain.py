@@ -153,6 +153,7 @@ def test_retrain_learns_from_bandit_feedback_and_a_rerun_changes_nothing(bandit:
     # The parent sends each question to the expert that is bad at it: the log's explored answers show otherwise.
     assert metrics["parent_offpolicy_snips"] < 0.4 < 0.7 < metrics["offpolicy_snips"]
     assert metrics["offpolicy_gain_dr"] > 0.3 and metrics["offpolicy_gain_snips"] > 0.3
+    assert metrics["offpolicy_gain_dr"] > 3 * metrics["offpolicy_gain_dr_stderr"] > 0
     assert metrics["base_test_accuracy_change"] > 0.3
     assert 0.3 < metrics["expert_share_max"] < 0.7 and metrics["routing_p95_ms"] > 0
 
