@@ -322,8 +322,11 @@ class ChatService:
 
 
 def _sticky(key: ApiKey | None, body: ChatCompletionRequest) -> str | None:
-    """Who an A/B test assigns: the API key, else the request's `user`; neither: the active version serves."""
-    return f"key:{key.id}" if key else f"user:{body.user}" if body.user else None
+    """Who an A/B test assigns: the request's `user` (within its API key: two tenants' "alice" are two people), else
+    the API key; neither: the active version serves."""
+    if body.user:
+        return f"key:{key.id}:user:{body.user}" if key else f"user:{body.user}"
+    return f"key:{key.id}" if key else None
 
 
 def _score(decision: Decision, expert: str) -> float:
