@@ -315,10 +315,11 @@ def gate(
     router: Annotated[str, typer.Option(help="the config's router name")],
     version: Annotated[str, typer.Option(help="the version's id (`moe router versions`) or its version string")],
     profile: Annotated[Path, typer.Option(help="gate profile JSON (example: training/gates/default.json)")],
+    promote: Annotated[bool, typer.Option(help="make the version active when every check passes")] = False,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
 ) -> None:
     """Check a version's metrics against a gate profile: exit 0 when every check passes, 1 otherwise (a metric the
-    version lacks fails its check)."""
+    version lacks fails its check); with --promote, a version that passes becomes active."""
     from training.gate import load_profile, run_gate
 
     try:
@@ -342,6 +343,9 @@ def gate(
         console.print(f"[red]gate failed[/red]: {', '.join(failed)}")
         raise typer.Exit(1)
     console.print("[green]gate passed[/green]")
+    if promote:
+        info = _versions(database_url, lambda versions: versions.set_status(found[0].id, "active"))
+        console.print(f"{info.router} version {info.id} ({info.version}) is {info.status}")
 
 
 if __name__ == "__main__":

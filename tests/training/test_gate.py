@@ -82,10 +82,10 @@ def registered(tmp_path: Path, metrics: dict[str, float]) -> tuple[str, int]:
     return url, RouterVersions(engine).register("r", artifact).id
 
 
-def gate(tmp_path: Path, url: str, version: str) -> tuple[int, str]:
+def gate(tmp_path: Path, url: str, version: str, *options: str) -> tuple[int, str]:
     profile = tmp_path / "gate.json"
     profile.write_text(json.dumps(PROFILE))
-    args = ["gate", "--router", "r", "--version", version, "--profile", str(profile), "--database-url", url]
+    args = ["gate", "--router", "r", "--version", version, "--profile", str(profile), "--database-url", url, *options]
     result = CliRunner().invoke(app, args, terminal_width=200)
     return result.exit_code, result.output
 
@@ -114,3 +114,29 @@ def test_gate_cli_on_an_unknown_version_or_a_bad_profile_exits_nonzero(tmp_path:
     args = ["gate", "--router", "r", "--version", "v1", "--profile", str(tmp_path / "bad.json"), "--database-url", url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "not a gate profile" in result.output
+
+
+def statuses(url: str) -> dict[str, str]:
+    return {info.version: info.status for info in RouterVersions(create_engine(url)).list("r")}
+
+
+def test_gate_cli_promotes_only_a_version_that_passes(tmp_path: Path) -> None:
+    url, active_id = registered(tmp_path, PASSING)
+    versions = RouterVersions(create_engine(url))
+    versions.set_status(active_id, "active")
+    for name, metrics in (("good", PASSING), ("bad", {**PASSING, "routing_p95_ms": 9.0})):
+        artifact = tmp_path / name
+        artifact.mkdir()
+        Manifest("reward-distilled", "r", name, name, ["a", "b"], metrics=metrics).write(artifact)
+        versions.register("r", artifact)
+
+    code, output = gate(tmp_path, url, "bad", "--promote")
+    assert code == 1 and "gate failed" in output
+    assert statuses(url) == {"v1": "active", "good": "candidate", "bad": "candidate"}
+
+    assert gate(tmp_path, url, "good")[0] == 0  # without --promote a pass changes nothing
+    assert statuses(url) == {"v1": "active", "good": "candidate", "bad": "candidate"}
+
+    code, output = gate(tmp_path, url, "good", "--promote")
+    assert code == 0 and "gate passed" in output and "(good) is active" in output
+    assert statuses(url) == {"v1": "retired", "good": "active", "bad": "candidate"}
