@@ -101,7 +101,7 @@ def test_migrations_are_a_hook_and_serving_pods_never_migrate() -> None:
     gateway = pod_spec(one(docs, "Deployment", "gateway"))
     assert "initContainers" not in gateway and gateway["containers"][0]["args"][0] == "serve"
     # SQLite lives in the gateway pod: an init container migrates it there, and no hook Job is rendered.
-    sqlite = render(overlay(CHART / "ci" / "sqlite-retrain.yaml"))
+    sqlite = render(overlay(CHART / "ci" / "sqlite.yaml"))
     assert not find(sqlite, "Job")
     init = pod_spec(one(sqlite, "Deployment", "gateway"))["initContainers"][0]
     assert init["command"] == job["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -109,9 +109,51 @@ def test_migrations_are_a_hook_and_serving_pods_never_migrate() -> None:
 
 def test_retraining_cronjob_only_when_enabled() -> None:
     assert not find(render({}), "CronJob")
-    cron = one(render(overlay(CHART / "ci" / "sqlite-retrain.yaml")), "CronJob")
-    container = pod_spec(cron)["containers"][0]
-    assert container["command"] == ["moe"] and container["args"][:2] == ["router", "train"]
+    assert not find(render(overlay(CHART / "ci" / "sqlite.yaml")), "CronJob")
+
+
+def test_retraining_cronjob_retrains_from_the_log_then_gates_and_promotes() -> None:
+    values = overlay(CHART / "ci" / "external-services.yaml")
+    docs = render(values)
+    spec = pod_spec(one(docs, "CronJob", "retrain"))
+    container = spec["containers"][0]
+    shell, flag, script, name = container["command"]
+    assert (shell, flag, name) == ("/bin/sh", "-c", "retrain")
+    assert subprocess.run([shell, "-n", "-c", script], capture_output=True).returncode == 0  # it parses
+    assert "set -eu" in script.splitlines()  # a failed retrain or gate fails the Job
+    assert "moe router retrain --router" in script
+    assert re.search(r"moe router gate .*--profile \"\$RETRAIN_GATE\" --promote$", script.strip())
+    # The script's "$@": retrain's options from values, then the extra args.
+    assert container["args"] == ["--config", "/etc/moe/config.yaml", "--family", "reward-distilled",
+                                 "--base-data", "/data/mmlu_pro_pool", "--base-share", "0.3",
+                                 "--feedback-source", "user"]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
+    assert env["DATABASE_URL"] == "postgres-url" and env["RETRAIN_ROUTER"] == "embedding"
+    assert env["RETRAIN_WINDOW_DAYS"] == "14"
+    # Versions are in the database: no routers PVC; the gate profile comes from its own ConfigMap.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "routers" not in volumes
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    gate_map = next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"] == volumes["gate"]["configMap"]["name"])
+    assert Path(env["RETRAIN_GATE"]).parent == Path(mounts["gate"])
+    assert json.loads(gate_map["data"][Path(env["RETRAIN_GATE"]).name]) == values["retrain"]["gate"]
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "moe-training-data"
+    assert container["image"] == "localhost/moe-gateway-train:" + overlay(CHART / "Chart.yaml")["appVersion"]
+
+
+def test_default_gate_is_the_example_profile_and_loads(tmp_path: Path) -> None:
+    from training.gate import load_profile
+
+    default = CHART.parents[1] / "training" / "gates" / "default.json"
+    docs = render({"retrain": {"enabled": True}})
+    gate_json = one(docs, "ConfigMap", "retrain")["data"]["gate.json"]
+    assert json.loads(gate_json) == json.loads(default.read_text())
+    (tmp_path / "gate.json").write_text(gate_json)
+    assert load_profile(tmp_path / "gate.json") == load_profile(default)
+    spec = pod_spec(one(docs, "CronJob", "retrain"))
+    container = spec["containers"][0]
+    assert {e["name"]: e.get("value") for e in container["env"]}["RETRAIN_ROUTER"] == "embedding"  # the first router
+    assert "--base-data" not in container["args"] and "data" not in {v["name"] for v in spec["volumes"]}
 
 
 def test_gpu_experts_request_their_gpus() -> None:
@@ -189,11 +231,14 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
 
 
 def test_schema_knows_the_router_families() -> None:
-    from routers import FAMILIES
+    from routers import FAMILIES, router_class
 
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
     router = schema["routing"]["properties"]["routers"]["items"]["properties"]["family"]
-    assert set(router["enum"]) == set(schema["retrain"]["properties"]["family"]["enum"]) == set(FAMILIES)
+    assert set(router["enum"]) == set(FAMILIES)
+    # Retraining learns from the chosen expert's reward alone: only families that can.
+    retrainable = {family for family in FAMILIES if router_class(family).learns_from_partial_scores}
+    assert set(schema["retrain"]["properties"]["family"]["enum"]) == retrainable
 
 
 def test_readme_names_every_top_level_value() -> None:
@@ -236,7 +281,14 @@ BAD_VALUES = {
     "drain-outlasts-grace": ({"gateway": {"drainSeconds": 60}}, "must be longer than gateway.preStopSeconds + gateway.drainSeconds"),
     "pre-stop-and-drain-outlast-grace": ({"gateway": {"preStopSeconds": 20}}, "(45) must be longer than"),
     "two-autoscalers": ({"gateway": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}}, "enable one"),
-    "retrain-without-router-pvc": ({"retrain": {"enabled": True}}, "retrain.enabled needs routers.persistence.enabled"),
+    "retrain-on-sqlite": ({"database": {"sqlite": {"enabled": True}}, "gateway": {"replicas": 1},
+                           "retrain": {"enabled": True}}, "retrain.enabled needs PostgreSQL (database.sqlite.enabled: false)"),
+    "retrain-unknown-router": ({"retrain": {"enabled": True, "router": "bert"}},
+                               'retrain.router "bert" is not one of routing.routers (embedding)'),
+    "retrain-base-data-without-claim": ({"retrain": {"enabled": True, "baseData": "pool"}},
+                                        "retrain.baseData is a path in retrain.dataClaim"),
+    "retrain-family-without-partial-rewards": ({"retrain": {"family": "embedding-domain"}}, "/retrain/family"),
+    "gate-check-without-bound": ({"retrain": {"gate": {"checks": [{"metric": "n_records"}]}}}, "/retrain/gate/checks/0"),
     "no-secret": ({"secrets": {"existingSecret": ""}}, "secrets.existingSecret: name the Secret"),
 }
 

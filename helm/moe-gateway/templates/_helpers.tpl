@@ -46,6 +46,11 @@ moe.expert: {{ .expert.name }}
 {{ .Values.retrain.image.repository | default (printf "%s-train" .Values.image.repository) }}:{{ .Values.retrain.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The router the retraining job retrains: retrain.router, else the config's first. */}}
+{{- define "moe.retrainRouter" -}}
+{{- .Values.retrain.router | default (dig "name" "" (first .Values.routing.routers | default dict)) -}}
+{{- end -}}
+
 {{- define "moe.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- .Values.serviceAccount.name | default (include "moe.fullname" .) -}}
