@@ -88,6 +88,7 @@ async def relay(
             yield sse(usage_chunk(stream_id, record.chosen_expert or "", usage))
         yield sse("[DONE]")
         record.settle("ok", 200)
+        record.keep_answer("".join(text))
         if call is not None:
             call.status = "ok"
             if cache is not None and cacheable:

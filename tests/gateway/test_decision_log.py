@@ -163,6 +163,30 @@ def test_replaying_a_file_twice_duplicates_nothing(sqlite_url: str, healthy_expe
     assert [r.id for r in decisions(sqlite_url)] == [row.id]
 
 
+def test_a_batch_holding_rows_already_written_writes_only_the_new_ones_on_postgresql(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL's batches go by COPY, which a row already there refuses whole: a replay takes the insert that
+    skips such rows, and nothing is set aside."""
+    from datetime import UTC, datetime
+
+    from experts.pool import ExpertCall
+    from migrations.schema import ExpertCallRow
+
+    upgrade(postgres_url)
+    log = DecisionLog(make_engine(postgres_url), tmp_path / "spill")
+
+    def called() -> DecisionRecord:
+        return _record(calls=[ExpertCall(attempt=0, expert="general", started_at=datetime.now(UTC), status="ok")])
+
+    first = [called() for _ in range(3)]
+    log._write(first)
+    log._write([*first[1:], called(), called()])
+    assert len(decisions(postgres_url)) == 5
+    assert len(rows(postgres_url, ExpertCallRow, ExpertCallRow.decision_id)) == 5
+    assert _dead_letters(postgres_url) == []
+
+
 # -- records the database refuses ------------------------------------------------------------------
 
 def _record(**fields: Any) -> DecisionRecord:

@@ -17,15 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from bench.upstream import free_port
+from migrations.router_versions import RouterVersions
 from tests.gateway.chart import find, one, pod_spec, render
 from tests.gateway.support import MATH_QUESTION, fresh_redis_db
-from training.pool import default_pool_dir
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_DB = 14  # a database no other test uses
+HUMANITIES_QUESTION = "Which treaty ended the Thirty Years' War, and what did it settle about sovereignty?"
 SECRET = "moe-test"
 PODMAN = ["podman", "--runtime", "runc"]  # runc: the default runtime fails on CI kernels' cgroups
 # The settings scripts/image.sh builds with, unless the caller has its own.
@@ -110,18 +111,6 @@ def image() -> str:
     return image
 
 
-@pytest.fixture
-def claims(tmp_path: Path, router_artifact: Path) -> dict[str, Path]:
-    """The claims the test values name: the routers (a trained router inside) and the training pool."""
-    routers = tmp_path / "routers"
-    shutil.copytree(router_artifact, routers / "embedding-domain")
-    for path in [routers, *routers.rglob("*")]:
-        path.chmod(0o777 if path.is_dir() else 0o666)  # the retraining job writes here as the pods' user
-    pool = default_pool_dir()
-    assert pool.name == "mmlu_pro_pool" and pool.is_dir()
-    return {"routers": routers, "pool": pool.parent}
-
-
 def values(image: str, upstream: str, port: int) -> dict[str, Any]:
     repository, tag = image.rsplit(":", 1)
     v1 = f"{upstream}/v1"
@@ -130,8 +119,11 @@ def values(image: str, upstream: str, port: int) -> dict[str, Any]:
         "secrets": {"existingSecret": SECRET},
         "redis": {"enabled": True},
         "gateway": {"replicas": 1, "port": port, "drainSeconds": 5, "terminationGracePeriodSeconds": 15},
-        "routers": {"persistence": {"enabled": True, "existingClaim": "routers"}},
-        "retrain": {"enabled": True, "dataClaim": "pool", "args": ["--limit", "200"]},
+        # Exploration and kept text: what the retraining CronJob learns from, with the callers' feedback.
+        "routing": {"routers": [{"name": "embedding", "artifact": "/app/var/routers/embedding-domain"}],
+                    "virtualModels": [{"name": "moe-auto", "router": "embedding", "exploration": {"epsilon": 0.3},
+                                       "store_text": {"retention_days": 7}}]},
+        "retrain": {"enabled": True, "gate": {"checks": [{"metric": "n_records", "min": 20}]}},
         "experts": [
             {"name": "stem", "apiBase": v1, "servedModelName": "echo-stem", "pricePerMtok": 0.2,
              "domains": ["math", "physics", "chemistry", "engineering", "computer science"]},
@@ -176,12 +168,12 @@ def assert_routed(port: int, headers: dict[str, str]) -> None:
 
 
 def test_rendered_jobs_and_gateway_run_in_the_image(
-    image: str, upstream: str, postgres_server_url: str, claims: dict[str, Path], tmp_path: Path, running: list[str]
+    image: str, upstream: str, postgres_server_url: str, tmp_path: Path, running: list[str]
 ) -> None:
     port = free_port()
     docs = render(values(image, upstream, port))
     with fresh_redis_db(REDIS_DB) as redis_url:
-        cluster = Cluster(docs, {"DATABASE_URL": postgres_server_url, "REDIS_URL": redis_url}, claims, tmp_path)
+        cluster = Cluster(docs, {"DATABASE_URL": postgres_server_url, "REDIS_URL": redis_url}, {}, tmp_path)
 
         # 1. The migrations hook Job migrates the empty database.
         job = pod_spec(one(docs, "Job", "migrations"))
@@ -205,12 +197,35 @@ def test_rendered_jobs_and_gateway_run_in_the_image(
         key = podman("run", "--rm", *cluster.run_args(pod, keys), timeout=120).stdout.strip()
         assert_routed(port, {"Authorization": f"Bearer {key}"})
 
-        # 3. The retraining CronJob trains a new router version into the routers claim.
-        before = json.loads((claims["routers"] / "embedding-domain" / "router.json").read_text())["version"]
+        # 3. Traffic with feedback, then the retraining CronJob: a candidate learnt from the log, gated, made active.
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers=auth, timeout=60) as client:
+            for i in range(60):
+                question = f"{(MATH_QUESTION, HUMANITIES_QUESTION)[i % 2]} ({i})"
+                reply = client.post("/chat/completions",
+                                    json={"model": "moe-auto", "messages": [{"role": "user", "content": question}]})
+                assert reply.status_code == 200, reply.text
+                verdict = {"decision_id": reply.headers["x-moe-decision-id"],
+                           "score": float(reply.headers["x-moe-expert"] == ("stem", "humanities")[i % 2])}
+                assert client.post("/feedback", json=verdict).status_code == 200
+        engine = create_engine(postgres_server_url)
+        versions = RouterVersions(engine)
+        deadline = time.monotonic() + 15  # records are written in batches off the request path
+        while _kept_text(engine) < 60:
+            assert time.monotonic() < deadline, "the decisions and their text were not written"
+            time.sleep(0.2)
         cron = pod_spec(one(docs, "CronJob"))
-        podman("run", "--rm", *cluster.run_args(cron, cron["containers"][0]), timeout=420)
-        after = json.loads((claims["routers"] / "embedding-domain" / "router.json").read_text())["version"]
-        assert after != before
+        done = podman("run", "--rm", *cluster.run_args(cron, cron["containers"][0]), timeout=420, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        active = versions.serving("embedding")["active"]
+        engine.dispose()
+        assert active is not None and active.version.startswith("retrain-") and active.family == "reward-distilled"
+        assert active.metrics["n_records"] == 60
+
+
+def _kept_text(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM decisions WHERE prompt IS NOT NULL")).scalar_one()
 
 
 def test_rendered_migrations_job_fails_loudly_when_the_database_never_answers(
@@ -227,7 +242,7 @@ def test_rendered_migrations_job_fails_loudly_when_the_database_never_answers(
 
 
 def test_rendered_sqlite_gateway_migrates_in_its_pod_and_records_there(
-    image: str, upstream: str, claims: dict[str, Path], tmp_path: Path, running: list[str]
+    image: str, upstream: str, tmp_path: Path, running: list[str]
 ) -> None:
     port = free_port()
     docs = render({**values(image, upstream, port), "secrets": {"existingSecret": ""}, "redis": {"enabled": False},
@@ -237,7 +252,7 @@ def test_rendered_sqlite_gateway_migrates_in_its_pod_and_records_there(
     data = tmp_path / "data"
     data.mkdir(mode=0o777)
     data.chmod(0o777)
-    cluster = Cluster(docs, {}, {**claims, "data": data}, tmp_path)
+    cluster = Cluster(docs, {}, {"data": data}, tmp_path)
     start_gateway(cluster, pod_spec(one(docs, "Deployment", "gateway")), running)
     assert_routed(port, {})
     engine = create_engine(f"sqlite:///{data / 'moe.db'}")

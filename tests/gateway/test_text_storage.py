@@ -73,6 +73,7 @@ def test_only_the_opted_in_virtual_model_keeps_text_and_it_is_redacted(
     assert json.loads(rows[kept].prompt or "") == [{"role": "user", "content": masked}]
     assert rows[kept].answer == f"[echo-stem|STEM] {masked}"  # the echo upstream repeats the question
     assert json.loads(rows[streamed].prompt or "") == [{"role": "user", "content": masked}]
+    assert rows[streamed].answer == f"[echo-stem|STEM] {masked}"
     assert (rows[plain].prompt, rows[plain].answer) == (None, None)
     assert all(EMAIL not in (row.prompt or "") + (row.answer or "") for row in rows.values())
 
