@@ -121,7 +121,8 @@ def values(image: str, upstream: str, port: int) -> dict[str, Any]:
         "gateway": {"replicas": 1, "port": port, "drainSeconds": 5, "terminationGracePeriodSeconds": 15},
         # Exploration and kept text: what the retraining CronJob learns from, with the callers' feedback.
         "routing": {"routers": [{"name": "embedding", "artifact": "/app/var/routers/embedding-domain"}],
-                    "virtualModels": [{"name": "moe-auto", "router": "embedding", "exploration": {"epsilon": 0.3},
+                    "virtualModels": [{"name": "moe-auto", "router": "embedding"},
+                                      {"name": "moe-learning", "router": "embedding", "exploration": {"epsilon": 0.3},
                                        "store_text": {"retention_days": 7}}]},
         "retrain": {"enabled": True, "gate": {"checks": [{"metric": "n_records", "min": 20}]}},
         "experts": [
@@ -203,7 +204,7 @@ def test_rendered_jobs_and_gateway_run_in_the_image(
             for i in range(60):
                 question = f"{(MATH_QUESTION, HUMANITIES_QUESTION)[i % 2]} ({i})"
                 reply = client.post("/chat/completions",
-                                    json={"model": "moe-auto", "messages": [{"role": "user", "content": question}]})
+                                    json={"model": "moe-learning", "messages": [{"role": "user", "content": question}]})
                 assert reply.status_code == 200, reply.text
                 verdict = {"decision_id": reply.headers["x-moe-decision-id"],
                            "score": float(reply.headers["x-moe-expert"] == ("stem", "humanities")[i % 2])}
