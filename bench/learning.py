@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.harness import (
@@ -62,6 +63,7 @@ from bench.learning_report import measure, plot, summary, targets
 from bench.soak import DEFAULT_POSTGRES, fresh_database, wait_for_records
 from routers import Manifest
 from training.gate import load_profile, run_gate
+from training.log_data import split_of
 from training.pool import Pool, load_pool
 
 ROUTER = "learned"  # the config's router name
@@ -282,7 +284,11 @@ def main() -> None:
                            args.concurrency, log)
         other_work = watch.report()
 
-    measured = measure(pool, work / "start", {n: work / f"retrained-{n}" for n in checkpoints}, full, retrained)
+    # The records each retrain held out to value its candidate (training/log_data.py splits by decision id).
+    held_out = {n: np.array([e.row for e in exchanges[:n] if e.decision_id and split_of(e.decision_id, args.holdout)
+                             == "holdout"], dtype=np.int64) for n in checkpoints}
+    measured = measure(pool, work / "start", {n: work / f"retrained-{n}" for n in checkpoints}, full, retrained,
+                       held_out)
     report = {
         "command": command_line(),
         "smoke": args.smoke,

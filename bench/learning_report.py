@@ -9,10 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.learning_client import Exchange
 from routers import Manifest
+from routers.dataset import RoutingDataset
 from training.dataset import from_pool
-from training.evaluate import run_scenario
+from training.evaluate import evaluate, load_router_candidates, run_scenario
 from training.pool import Pool
 
 RECOVERY_TARGET = 0.5
@@ -30,12 +33,22 @@ def _replayed(result: dict[str, Any]) -> dict[str, float]:
             "max_accuracy": result["max_accuracy"]}
 
 
+def top_choice_accuracy(data: RoutingDataset, directory: Path) -> float:
+    """A router's top-choice accuracy on `data`, every expert's reward known: what an off-policy estimate on the
+    same questions estimates."""
+    candidates, _ = load_router_candidates([directory], data)
+    return _replayed(evaluate(candidates, data, latency_queries=0)["candidates"][0])["top_choice_accuracy"]
+
+
 def measure(pool: Pool, start: Path, retrained: Mapping[int, Path], full: Mapping[int, Path],
-            manifests: Mapping[int, Manifest]) -> dict[str, Any]:
+            manifests: Mapping[int, Manifest], held_out: Mapping[int, np.ndarray]) -> dict[str, Any]:
     """The start, retrained and full-information routers on the test split; per checkpoint the recovery of the AUC
-    gap and the retrain's off-policy estimate against the candidate's measured top-choice accuracy."""
+    gap and the retrain's off-policy estimate against the candidate's measured top-choice accuracy, on the test
+    split (the target) and on the held-out logged questions it was computed from (`held_out`: their pool rows),
+    which tells the estimator's own error from the difference between the train and test questions."""
+    dataset = from_pool(pool)
     directories = [start, *retrained.values(), *full.values()]
-    report = run_scenario(from_pool(pool), "test", directories, [], latency_queries=0)
+    report = run_scenario(dataset, "test", directories, [], latency_queries=0)
     by_name = {result["name"]: _replayed(result) for result in report["candidates"]}
     begin = by_name[start.name]
     checkpoints = []
@@ -44,6 +57,7 @@ def measure(pool: Pool, start: Path, retrained: Mapping[int, Path], full: Mappin
         gap = best["auc"] - begin["auc"]
         metrics = manifests[logged].metrics
         estimate = metrics.get("offpolicy_dr")
+        on_held_out = top_choice_accuracy(dataset.subset(held_out[logged]), directory)
         checkpoints.append({
             "logged": logged,
             "retrained": {"version": manifests[logged].version, **mine},
@@ -52,7 +66,10 @@ def measure(pool: Pool, start: Path, retrained: Mapping[int, Path], full: Mappin
             "recovery": (mine["auc"] - begin["auc"]) / gap if gap > 0 else None,
             "offpolicy": {**{name: metrics.get(name) for name in OFFPOLICY_METRICS},
                           "measured_top_choice_accuracy": mine["top_choice_accuracy"],
-                          "dr_error": None if estimate is None else estimate - mine["top_choice_accuracy"]},
+                          "dr_error": None if estimate is None else estimate - mine["top_choice_accuracy"],
+                          "held_out_questions": len(held_out[logged]),
+                          "held_out_top_choice_accuracy": on_held_out,
+                          "dr_error_on_held_out": None if estimate is None else estimate - on_held_out},
         })
     return {
         "test": {"n": report["n"], "best_single": report["best_single"], "oracle": report["oracle"],
@@ -90,6 +107,7 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "offpolicy_estimate": {"estimate_dr": offpolicy["offpolicy_dr"],
                                "measured": offpolicy["measured_top_choice_accuracy"],
                                "error": offpolicy["dr_error"], "tolerance": OFFPOLICY_TOLERANCE,
+                               "error_on_held_out_questions": offpolicy["dr_error_on_held_out"],
                                "met": offpolicy["dr_error"] is not None
                                and abs(offpolicy["dr_error"]) <= OFFPOLICY_TOLERANCE},
         "switch": {"promoted_through_the_gate": switch["promoted_through_the_gate"],
@@ -100,7 +118,8 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Recovery of the AUC gap against requests logged; beside it the AUCs themselves."""
+    """Recovery of the AUC gap against requests logged; beside it the AUCs themselves, and the off-policy estimates
+    against the accuracy they estimate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +127,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     points = report["checkpoints"]
     logged = [c["logged"] for c in points]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (left, right, estimates) = plt.subplots(1, 3, figsize=(18, 4.8))
     left.plot(logged, [c["recovery"] for c in points], marker="o", lw=2, label="retrained from the log")
     left.axhline(RECOVERY_TARGET, color="black", ls=":", lw=1, label=f"target {RECOVERY_TARGET:g}")
     left.axhline(0, color="grey", lw=0.6)
@@ -121,7 +140,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
                   label=f"start ({report['settings']['start_questions']} questions)")
     right.set_ylabel("AUC of the cost-quality curve (test split)")
     right.set_title("area under the cost-quality curve")
-    for ax in (left, right):
+    offpolicy = [c["offpolicy"] for c in points]
+    estimates.errorbar(logged, [o["offpolicy_dr"] for o in offpolicy],
+                       yerr=[o["offpolicy_dr_stderr"] for o in offpolicy], marker="o", capsize=3, lw=2,
+                       label="doubly robust estimate (held-out records, +-1 s.e.)")
+    estimates.plot(logged, [o["held_out_top_choice_accuracy"] for o in offpolicy], marker="^", ls="--",
+                   label="actual, same held-out questions (every reward known)")
+    estimates.plot(logged, [o["measured_top_choice_accuracy"] for o in offpolicy], marker="s", ls="--",
+                   label="measured on the test split")
+    estimates.set_ylabel("accuracy of the candidate's top choice")
+    estimates.set_title("off-policy estimate against measured")
+    for ax in (left, right, estimates):
         ax.set_xscale("log")
         ax.set_xlim(logged[0] / 1.3, logged[-1] * 1.3)
         ax.set_xticks(logged, [str(n) for n in logged])
