@@ -232,6 +232,10 @@ def main() -> None:
         load_profile(args.gate_profile)
     except ValueError as exc:
         parser.error(f"--gate-profile: {exc}")
+    if args.start < 1 or (args.dev is not None and args.dev < 1) or args.concurrency < 1:
+        parser.error("--start, --dev and --concurrency: at least 1")
+    if not 0 < args.holdout < 1:
+        parser.error("--holdout: a share above 0 and below 1")
     if not 0 < args.epsilon < 1:
         parser.error("--epsilon: above 0 (the log must hold other experts' answers) and below 1")
     out: Path = args.out or (ROOT / ("var/bench/learning.smoke.json" if args.smoke else "bench/results/learning.json"))
@@ -269,7 +273,10 @@ def main() -> None:
                 batch, took = send(base, pool, layout.stream[len(exchanges):logged].tolist(), args.concurrency, bar)
                 exchanges += batch
                 send_s += took
-                wait_for_records(database_url, len(exchanges))
+                counts, _ = wait_for_records(database_url, len(exchanges))
+                if counts["records"] < len(exchanges):
+                    raise RuntimeError(f"the decision log holds {counts['records']} of {len(exchanges)} decisions "
+                                       "after waiting for it: a retrain's window would miss some")
                 boundaries[logged] = datetime.now(UTC)  # after every decision so far, before any later one
         console.print(f"{len(exchanges)} requests in {send_s:.0f} s, "
                       f"{sum(e.error is not None for e in exchanges)} failed; retraining at {checkpoints}")
@@ -285,8 +292,9 @@ def main() -> None:
         other_work = watch.report()
 
     # The records each retrain held out to value its candidate (training/log_data.py splits by decision id).
-    held_out = {n: np.array([e.row for e in exchanges[:n] if e.decision_id and split_of(e.decision_id, args.holdout)
-                             == "holdout"], dtype=np.int64) for n in checkpoints}
+    held_out = {n: np.array([e.row for e in exchanges[:n]
+                             if e.decision_id and split_of(e.decision_id, args.holdout) == "holdout"], dtype=np.int64)
+                for n in checkpoints}
     measured = measure(pool, work / "start", {n: work / f"retrained-{n}" for n in checkpoints}, full, retrained,
                        held_out)
     report = {
