@@ -169,18 +169,18 @@ def assert_routed(port: int, headers: dict[str, str]) -> None:
 
 
 def test_rendered_jobs_and_gateway_run_in_the_image(
-    image: str, upstream: str, postgres_server_url: str, tmp_path: Path, running: list[str]
+    image: str, upstream: str, postgres_url: str, tmp_path: Path, running: list[str]
 ) -> None:
     port = free_port()
     docs = render(values(image, upstream, port))
     with fresh_redis_db(REDIS_DB) as redis_url:
-        cluster = Cluster(docs, {"DATABASE_URL": postgres_server_url, "REDIS_URL": redis_url}, {}, tmp_path)
+        cluster = Cluster(docs, {"DATABASE_URL": postgres_url, "REDIS_URL": redis_url}, {}, tmp_path)
 
         # 1. The migrations hook Job migrates the empty database.
         job = pod_spec(one(docs, "Job", "migrations"))
         done = podman("run", "--rm", *cluster.run_args(job, job["containers"][0]), timeout=300)
         assert "database at head" in done.stdout
-        engine = create_engine(postgres_server_url)
+        engine = create_engine(postgres_url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         engine.dispose()
@@ -209,7 +209,7 @@ def test_rendered_jobs_and_gateway_run_in_the_image(
                 verdict = {"decision_id": reply.headers["x-moe-decision-id"],
                            "score": float(reply.headers["x-moe-expert"] == ("stem", "humanities")[i % 2])}
                 assert client.post("/feedback", json=verdict).status_code == 200
-        engine = create_engine(postgres_server_url)
+        engine = create_engine(postgres_url)
         versions = RouterVersions(engine)
         deadline = time.monotonic() + 15  # records are written in batches off the request path
         while _kept_text(engine) < 60:
