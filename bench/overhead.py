@@ -1,7 +1,7 @@
 """What the gateway adds: the same fast local upstream called directly, through the floor, and through the gateway.
 
 Each server runs in its own process: the scripted upstream (bench/upstream.py), the floor
-(bench/floor_proxy.py: a bare Starlette + httpx pass-through, the least a Python proxy adds) and the
+(bench/floor_proxy.py: a bare Starlette + aiohttp pass-through, the least a Python proxy adds) and the
 gateway (`moe serve`, one worker, routing with a trained router). One load generator (wrk, through
 bench/harness.py) measures every target in the same run with the same queries (MMLU-Pro test
 questions, so the router never sees the same text twice in a row), at each concurrency:
@@ -109,13 +109,13 @@ def gateway_settings(max_concurrency: int) -> dict[str, Any]:
         "logging": "the gateway's defaults: one access line per chat request to stderr (a file here)",
         "api_keys": "off (default)",
         "redis": "off (no REDIS_URL: no response cache, in-process breakers)",
-        "experts": f"3 on the upstream, called natively (one pooled httpx client), max_concurrency {max_concurrency} "
+        "experts": f"3 on the upstream, called natively (one pooled aiohttp session), max_concurrency {max_concurrency} "
                    "(no bound below the load)",
         "router": "embedding (moe-auto)",
     }
 
 
-FLOOR_SETTINGS = "bench/floor_proxy.py: Starlette on uvicorn (1 worker, no access log), one pooled httpx.AsyncClient"
+FLOOR_SETTINGS = "bench/floor_proxy.py: Starlette on uvicorn (1 worker, no access log), one pooled aiohttp session"
 
 
 def _fmt(value: float | str | None) -> str:

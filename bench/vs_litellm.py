@@ -2,7 +2,7 @@
 
 One run, one machine, one load generator (wrk, through bench/harness.py): the scripted upstream
 called directly (also the generator's ceiling, which must stay >= 5x every other row); through the
-floor (bench/floor_proxy.py: a bare Starlette + httpx pass-through, the least a Python proxy adds);
+floor (bench/floor_proxy.py: a bare Starlette + aiohttp pass-through, the least a Python proxy adds);
 through this gateway with routing on (`moe-auto`) and off (the expert `general` by name); and through
 LiteLLM's proxy (`litellm --config ...`, model `general` = `hosted_vllm/echo-general` at the same
 upstream). At each concurrency every target gets the same warm-up and then the same queries for the
@@ -167,7 +167,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
 
 
 def plot_title(proxy_settings: dict[str, Any], smoke: bool) -> str:
-    return (f"vs LiteLLM proxy {proxy_settings['litellm_version']}; floor = bare Starlette + httpx pass-through"
+    return (f"vs LiteLLM proxy {proxy_settings['litellm_version']}; floor = bare Starlette + aiohttp pass-through"
             + (" (smoke run)" if smoke else ""))
 
 
