@@ -252,7 +252,7 @@ def main() -> None:
     start = Manifest.read(work / "start")
     console.print(f"starting router {start.family} {start.version}, trained on {args.start} questions")
 
-    with fresh_database(args.postgres) as database_url, Processes(work) as procs:
+    with fresh_database(args.postgres, "moe_learning") as database_url, Processes(work) as procs:
         checked(moe("db", "upgrade", database_url=database_url, log=log))
         checked(moe("router", "register", ROUTER, str(work / "start"), database_url=database_url, log=log))
         checked(moe("router", "promote", str(version_id(database_url, start.version)), database_url=database_url,

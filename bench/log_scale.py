@@ -282,7 +282,7 @@ def main() -> None:
     prompts = questions(2000)
     traffic = Traffic(args.records, prompts, datetime.now(UTC) - SPAN)
     run = WriterRun()
-    with fresh_database(args.postgres) as database_url, Processes(work) as procs:
+    with fresh_database(args.postgres, "moe_log_scale") as database_url, Processes(work) as procs:
         upgrade(database_url)
         upstream_v1 = start_upstream(procs)
         gateway = start_gateway(procs, gateway_config(upstream_v1, args.router), database_url)

@@ -68,10 +68,11 @@ RSS_GROWTH_LIMIT = 0.10  # of the RSS at the baseline (minute 2)
 
 
 @contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new database on the server at `admin_url`, dropped afterwards (whatever happened)."""
+def fresh_database(admin_url: str, prefix: str = "moe_soak") -> Iterator[str]:
+    """A new database on the server at `admin_url`, named after the benchmark (`prefix`), dropped afterwards
+    (whatever happened)."""
     admin = make_url(admin_url)
-    name = f"moe_soak_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
