@@ -1,4 +1,5 @@
-"""Every error leaves the gateway in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+"""Every error leaves the gateway in its endpoint's protocol's shape: OpenAI's {"error": {"message", "type", "param",
+"code"}} everywhere but Anthropic's Messages endpoints, which answer {"type": "error", "error": {"type", "message"}}."""
 
 from __future__ import annotations
 
@@ -48,8 +49,37 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param=param, code=code), status_code=status)
+# Anthropic's error types (docs.anthropic.com, "Errors"), by status.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+ANTHROPIC_PATHS = "/v1/messages"  # the prefix of the endpoints whose errors take Anthropic's shape
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+
+
+def error_body_for(
+    path: str, status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The error body in the shape of the protocol served at `path`."""
+    if path.startswith(ANTHROPIC_PATHS):
+        return anthropic_error_body(status, message)
+    return error_body(status, message, param=param, code=code)
+
+
+def error_response(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, path: str = ""
+) -> JSONResponse:
+    return JSONResponse(error_body_for(path, status, message, param=param, code=code), status_code=status)
 
 
 def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
@@ -71,19 +101,21 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        body = error_body_for(request.url.path, exc.status, exc.message, param=exc.param, code=exc.code)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc.errors())
-        return error_response(400, message, param=param, code="invalid_request")
+        return error_response(400, message, param=param, code="invalid_request", path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "The gateway hit an internal error; it has been logged.", code="internal_error")
+        return error_response(500, "The gateway hit an internal error; it has been logged.", code="internal_error",
+                              path=request.url.path)

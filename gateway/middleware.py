@@ -1,4 +1,4 @@
-"""The gateway's ASGI middleware: bounded bodies and bounded in-flight chat requests.
+"""The gateway's ASGI middleware: bounded bodies and bounded in-flight routed requests.
 
 Bodies: past MOE_MAX_BODY_BYTES a request gets 413 before its body is read (see BodyLimit).
 
@@ -16,6 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import error_response
 
+# The endpoints whose requests are routed to experts, each protocol's (the batch endpoints only queue work).
+ROUTED_PATHS = ("/v1/chat/", "/v1/responses", "/v1/messages", "/v1/completions")
+
 
 @dataclass
 class InFlight:
@@ -27,13 +30,13 @@ class InFlight:
 
 
 class InFlightLimit:
-    def __init__(self, app: ASGIApp, state: InFlight, path_prefix: str = "/v1/chat/") -> None:
+    def __init__(self, app: ASGIApp, state: InFlight, routed: tuple[str, ...] = ROUTED_PATHS) -> None:
         self.app = app
         self.state = state
-        self.path_prefix = path_prefix
+        self.routed = routed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.path_prefix):
+        if scope["type"] != "http" or not scope["path"].startswith(self.routed):
             await self.app(scope, receive, send)
             return
         state = self.state
@@ -41,7 +44,7 @@ class InFlightLimit:
             state.rejected += 1
             response = error_response(
                 429, f"The gateway is at its limit of {state.limit} requests in flight; retry shortly.",
-                code="overloaded",
+                code="overloaded", path=scope["path"],
             )
             response.headers["retry-after"] = "1"
             await response(scope, receive, send)
@@ -79,7 +82,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(send, scope["path"])
             return
         received = 0
         too_large = False
@@ -101,7 +104,7 @@ class BodyLimit:
                 # The app may turn the aborted read into its own error reply: answer 413 instead.
                 if not started:
                     started = True
-                    await self._reject(send)
+                    await self._reject(send, scope["path"])
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -109,11 +112,12 @@ class BodyLimit:
         with contextlib.suppress(_TooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if too_large and not started:
-            await self._reject(send)
+            await self._reject(send, scope["path"])
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, path: str) -> None:
         response = error_response(
-            413, f"Request body exceeds the gateway's limit of {self.max_bytes} bytes.", code="request_too_large"
+            413, f"Request body exceeds the gateway's limit of {self.max_bytes} bytes.", code="request_too_large",
+            path=path,
         )
         await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})

@@ -1,13 +1,15 @@
-"""Relaying an expert's stream to the client as OpenAI server-sent events, once its first chunk is in hand.
+"""Relaying an expert's stream to the client, once its first chunk is in hand: OpenAI chunks, then a `StreamEnd`,
+which the endpoint's dialect turns into its protocol's events (gateway/chat/dialect.py).
 
 Bytes have reached the client from then on, so a failure can no longer fall back: the stream ends with an error
-event and `[DONE]`. The record is settled as the stream ends, however it ends (see gateway/chat/serving.py).
+event. The record is settled as the stream ends, however it ends (see gateway/chat/serving.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +19,10 @@ from starlette.types import Receive
 from experts.client import ExpertFailure
 from experts.pool import Chunks, ExpertCall, ExpertPool, ms_since
 from gateway.chat.cache import ResponseCache
-from gateway.chat.protocol import openai_chunk, openai_usage, sse, usage_chunk
+from gateway.chat.dialect import Dialect, StreamEnd, StreamItem
+from gateway.chat.protocol import openai_chunk, openai_usage
 from gateway.decisions.record import DecisionRecord
-from gateway.errors import error_body
+from gateway.errors import APIError
 
 
 @dataclass
@@ -55,13 +58,12 @@ async def relay(
     opened: OpenStream,
     record: DecisionRecord,
     *,
-    include_usage: bool,
     pool: ExpertPool,
     cache: ResponseCache | None,
     done: Callable[[DecisionRecord], None],
-) -> AsyncIterator[bytes]:
-    """The stream's events; `cache` (when the request may use it) keeps a complete plain-text answer; `done`
-    records the decision, whatever happens."""
+) -> AsyncGenerator[StreamItem, None]:
+    """The stream's chunks, then its end; `cache` (when the request may use it) keeps a complete plain-text answer;
+    `done` records the decision, whatever happens."""
     call, started = opened.call, opened.started
     stream_id = f"chatcmpl-{record.id}"
     usage: dict[str, Any] | None = None
@@ -82,11 +84,9 @@ async def relay(
                     cacheable &= choice["index"] == 0 and "tool_calls" not in delta
                     text.append(delta.get("content") or "")
                     finish_reason = choice["finish_reason"] or finish_reason
-                yield sse(event)
+                yield event
             chunk = await anext(opened.chunks, None)
-        if include_usage and usage:
-            yield sse(usage_chunk(stream_id, record.chosen_expert or "", usage))
-        yield sse("[DONE]")
+        yield StreamEnd(usage)
         record.settle("ok", 200)
         record.keep_answer("".join(text))
         if call is not None:
@@ -99,8 +99,7 @@ async def relay(
         if call is not None:
             await pool.broke(call, failure)
         record.settle("stream_error", 502, str(failure))
-        yield sse(error_body(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
-        yield sse("[DONE]")
+        yield StreamEnd(usage, APIError(502, f"The expert failed mid-stream: {failure.kind}.", code="stream_interrupted"))
     except asyncio.CancelledError:  # cancelled while it waited for the expert
         if record.status != "client_disconnected" or opened.client_gone:
             raise
@@ -108,8 +107,7 @@ async def relay(
         # still there, so the stream ends as any broken stream does, with an error event it can act on.
         record.settle("shutdown", 503)
         uncancel()
-        yield sse(error_body(503, "The gateway is shutting down; retry the request.", code="shutting_down"))
-        yield sse("[DONE]")
+        yield StreamEnd(usage, APIError(503, "The gateway is shutting down; retry the request.", code="shutting_down"))
     except GeneratorExit:  # closed at a yield: the response is gone, nothing more can be sent
         if record.status == "client_disconnected" and not opened.client_gone:
             record.settle("shutdown", 503)
@@ -125,3 +123,13 @@ async def relay(
             if usage:
                 record.took(usage)
         done(record)
+
+
+async def encoded(
+    dialect: Dialect, items: AsyncGenerator[StreamItem, None], record: DecisionRecord
+) -> AsyncIterator[bytes]:
+    """The stream in the endpoint's protocol. Closing it (the client gone) closes the relay, whose `finally` records
+    the decision."""
+    async with contextlib.aclosing(items), contextlib.aclosing(dialect.events(items, record)) as events:
+        async for data in events:
+            yield data

@@ -1,4 +1,6 @@
-"""Chat completions: resolve the model, route, call the experts with fallback, answer, record.
+"""Chat completions: resolve the model, route, call the experts with fallback, answer, record. Every routed
+endpoint comes through here with its request as a chat completion and its `Dialect` (gateway/chat/dialect.py),
+which shapes the answer, the errors and the stream on its protocol's wire.
 
 Every request that reaches routing leaves exactly one decision record, whatever happens after:
 success, all experts failing, a broken stream, the client hanging up (499), or the shutdown drain
@@ -25,14 +27,15 @@ from experts.client import ExpertFailure
 from experts.combine import Combiner, Plan
 from experts.pool import AllFailed, Answer, ExpertPool, ms_since
 from gateway.chat.cache import ResponseCache
+from gateway.chat.dialect import ChatDialect, Dialect
 from gateway.chat.protocol import REPLAY_FIRST, ChatCompletionRequest, openai_completion, replay
-from gateway.chat.relay import OpenStream, RelayResponse, relay, uncancel
+from gateway.chat.relay import OpenStream, RelayResponse, encoded, relay, uncancel
 from gateway.chat.routing import RoutingBatcher
 from gateway.chat.targets import Target, Targets
 from gateway.config import GatewayConfig, stored_text
 from gateway.decisions.log import DecisionLog
 from gateway.decisions.record import DecisionRecord
-from gateway.errors import APIError, error_response
+from gateway.errors import APIError
 from gateway.keys.guard import KeyGuard
 from gateway.keys.store import ApiKey
 from gateway.observability.logs import log_request
@@ -231,22 +234,26 @@ class ChatService:
         return headers
 
     # -- non-streaming ------------------------------------------------------------------------
-    async def complete(self, body: ChatCompletionRequest, request: Request, key: ApiKey | None) -> JSONResponse:
+    async def complete(
+        self, body: ChatCompletionRequest, request: Request, key: ApiKey | None, dialect: Dialect | None = None
+    ) -> JSONResponse:
+        """The whole answer, in `dialect`'s shape (default: chat completions)."""
+        dialect = dialect or ChatDialect()
         target = self.target(body, request)
         messages = body.wire_messages()
         record = self.new_record(body, target, key, messages)
         try:
-            payload = await _unless_disconnected(request, self._complete(body, messages, target, record, key))
-            return JSONResponse(payload, headers=self.headers(record))
+            completion = await _unless_disconnected(request, self._complete(body, messages, target, record, key))
+            return JSONResponse(await dialect.answer(completion, record), headers=self.headers(record))
         except APIError as error:
             self.failed(record, error)
-            return JSONResponse(error.body(), status_code=error.status, headers=self.headers(record))
+            return JSONResponse(dialect.error(error), status_code=error.status, headers=self.headers(record))
         except ClientGone:
             record.settle("client_disconnected", 499)
             return JSONResponse({}, status_code=499)
         except asyncio.CancelledError:  # not the client (that is ClientGone): uvicorn cancelled it, the drain ran out
             record.settle("shutdown", 503)
-            return _shutting_down()
+            return _shutting_down(dialect)
         finally:
             self.record(record)
 
@@ -271,9 +278,11 @@ class ChatService:
 
     # -- streaming ----------------------------------------------------------------------------
     async def stream(
-        self, body: ChatCompletionRequest, request: Request, key: ApiKey | None
+        self, body: ChatCompletionRequest, request: Request, key: ApiKey | None, dialect: Dialect | None = None
     ) -> StreamingResponse | JSONResponse:
-        """Fallback is possible until the first chunk is in hand; headers wait for it so they name the expert."""
+        """Fallback is possible until the first chunk is in hand; headers wait for it so they name the expert.
+        `dialect`: the stream's protocol (default: chat completions, with usage when `stream_options` asks)."""
+        dialect = dialect or ChatDialect(bool(body.stream_options and body.stream_options.include_usage))
         target = self.target(body, request)
         messages = body.wire_messages()
         record = self.new_record(body, target, key, messages)
@@ -282,7 +291,7 @@ class ChatService:
         except APIError as error:
             self.failed(record, error)
             self.record(record)
-            return JSONResponse(error.body(), status_code=error.status, headers=self.headers(record))
+            return JSONResponse(dialect.error(error), status_code=error.status, headers=self.headers(record))
         except ClientGone:
             record.settle("client_disconnected", 499)
             self.record(record)
@@ -290,14 +299,13 @@ class ChatService:
         except asyncio.CancelledError:  # as in complete(): the drain ran out before the first byte
             record.settle("shutdown", 503)
             self.record(record)
-            return _shutting_down()
+            return _shutting_down(dialect)
         except BaseException:
             self.record(record)
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = relay(opened, record, include_usage=include_usage, pool=self.pool,
-                       cache=self.cache if target.use_cache else None, done=self.record)
-        return RelayResponse(opened, events, headers={**self.headers(record), "cache-control": "no-cache"})
+        items = relay(opened, record, pool=self.pool, cache=self.cache if target.use_cache else None, done=self.record)
+        return RelayResponse(opened, encoded(dialect, items, record),
+                             headers={**self.headers(record), "cache-control": "no-cache"})
 
     async def _open_stream(
         self, body: ChatCompletionRequest, messages: list[dict[str, Any]], target: Target, record: DecisionRecord,
@@ -344,14 +352,13 @@ def all_failed(failures: list[ExpertFailure]) -> APIError:
     return APIError(status, f"No expert could answer ({tried}).", code="experts_unavailable")
 
 
-def _shutting_down() -> JSONResponse:
+def _shutting_down(dialect: Dialect) -> JSONResponse:
     """The answer to a request the shutdown drain cut before its first byte, instead of uvicorn's bare 500: a 503
     the client can retry elsewhere, sent while the server finishes shutting down (the cancel is the drain's
     deadline, so it is taken back to let the answer out)."""
     uncancel()
-    response = error_response(503, "The gateway is shutting down; retry the request.", code="shutting_down")
-    response.headers["retry-after"] = "1"
-    return response
+    error = APIError(503, "The gateway is shutting down; retry the request.", code="shutting_down")
+    return JSONResponse(dialect.error(error), status_code=503, headers={"retry-after": "1"})
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[_T]) -> _T:

@@ -85,7 +85,8 @@ class KeyGuard:
     # -- authentication -------------------------------------------------------------------------
     async def authenticate(self, key: str | None) -> ApiKey:
         if not key:
-            raise APIError(401, "You didn't provide an API key: send it as `Authorization: Bearer <key>`.",
+            raise APIError(401, "You didn't provide an API key: send it as `Authorization: Bearer <key>` "
+                           "(or `x-api-key: <key>`).",
                            code="invalid_api_key")
         found = await self._lookup(hash_key(key))
         if found is None:
@@ -188,12 +189,22 @@ def _guard(request: Request) -> KeyGuard:
     return request.app.state.keys
 
 
-async def caller(request: Request, credentials: Credentials) -> ApiKey | None:
-    """The key behind a /v1 request; None while keys are not required (MOE_REQUIRE_API_KEY=false)."""
+def presented_key(request: Request) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>` (as HTTPBearer reads it), else Anthropic's
+    `x-api-key` header, which Anthropic's SDKs send."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    if scheme.lower() == "bearer" and token:
+        return token
+    return request.headers.get("x-api-key") or None
+
+
+async def caller(request: Request, _: Credentials) -> ApiKey | None:
+    """The key behind a /v1 request; None while keys are not required (MOE_REQUIRE_API_KEY=false). The bearer
+    scheme is declared for the OpenAPI schema; `presented_key` reads the headers."""
     guard = _guard(request)
     if not guard.required:
         return None
-    return await guard.authenticate(credentials.credentials if credentials else None)
+    return await guard.authenticate(presented_key(request))
 
 
 async def metered_caller(request: Request) -> ApiKey | None:
@@ -203,8 +214,7 @@ async def metered_caller(request: Request) -> ApiKey | None:
     guard = _guard(request)
     if not guard.required:
         return None
-    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
-    key = await guard.authenticate(token if scheme.lower() == "bearer" else None)  # as HTTPBearer reads it
+    key = await guard.authenticate(presented_key(request))
     await guard.admit(key)
     return key
 
@@ -212,9 +222,9 @@ async def metered_caller(request: Request) -> ApiKey | None:
 BEARER_SECURITY = [{_bearer.scheme_name: []}]
 
 
-async def admin_caller(request: Request, credentials: Credentials) -> ApiKey:
+async def admin_caller(request: Request, _: Credentials) -> ApiKey:
     """Managing keys always takes an admin key, whether or not other requests need one."""
-    key = await _guard(request).authenticate(credentials.credentials if credentials else None)
+    key = await _guard(request).authenticate(presented_key(request))
     if not key.admin:
         raise APIError(403, "Managing API keys needs an admin key.", code="insufficient_permissions")
     return key
