@@ -4,7 +4,10 @@ Behaviour is chosen by the requested model name, so one server can play a health
 broken one at once: names containing `fail500` answer 500, `reject400` answer 400, `slow` wait 5 s
 before answering, `drip` stream one word every 0.3 s, `broken` cut the stream (or the body)
 midway; anything else echoes the last user message. Like a real server it stops at `max_tokens` (a
-word is a token here; finish_reason "length"). `RECEIVED` counts the requests per model name, so a
+word is a token here; finish_reason "length"). Given `tools` (and a `tool_choice` other than "none") while the
+conversation ends with a user message, it calls the first tool (or the one `tool_choice` names) with
+`{"query": <the user's text>}`, finish_reason "tool_calls", the arguments streamed in two pieces; once the
+conversation ends with the tool's result, it answers "[model] tool said: <result>". `RECEIVED` counts the requests per model name, so a
 test can tell which experts were called (and which never were).
 
 `POST /v1/messages` plays Anthropic's Messages API (the key it wants is ANTHROPIC_KEY): a provider that
@@ -46,6 +49,21 @@ def _reply_text(body: dict) -> str:
     return f"{prefix} {content}"
 
 
+def _tool_call(body: dict) -> dict | None:
+    """The call the script makes, if the request offers tools and awaits a call (see the module's docstring)."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not tools or choice == "none" or body["messages"][-1]["role"] != "user":
+        return None
+    name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
+    query = _reply_text({"model": "", "messages": [body["messages"][-1]]}).split(" ", 1)[1]
+    return {"id": f"call_{len(body['messages'])}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps({"query": query})}}
+
+
+def _text_content(content: str | list | None) -> str:
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content or [])
+
+
 def _usage(body: dict, text: str) -> dict:
     prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
     completion = len(text.split())
@@ -62,7 +80,11 @@ async def chat(request: Request) -> Response:
         return JSONResponse({"error": {"message": "prompt too long", "type": "invalid_request_error"}}, status_code=400)
     if "slow" in model:
         await asyncio.sleep(SLOW_S)
-    text = _reply_text(body)
+    call = _tool_call(body)
+    if call is not None:
+        return _tool_call_reply(body, call)
+    last = body["messages"][-1]
+    text = f"[{model}] tool said: {_text_content(last['content'])}" if last["role"] == "tool" else _reply_text(body)
     limit = body.get("max_tokens")
     finish = "length" if limit is not None and len(text.split()) > limit else "stop"
     if finish == "length":
@@ -105,6 +127,39 @@ async def chat(request: Request) -> Response:
         yield chunk({}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
             yield chunk({}, usage=_usage(body, text))
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _tool_call_reply(body: dict, call: dict) -> Response:
+    model, created = body["model"], int(time.time())
+    usage = _usage(body, call["function"]["arguments"])
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return JSONResponse({"id": "chatcmpl-upstream", "object": "chat.completion", "created": created, "model": model,
+                             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                             "usage": usage})
+    arguments = call["function"]["arguments"]
+    half = len(arguments) // 2
+    deltas = [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
+                                                                              "arguments": arguments[:half]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+    ]
+
+    async def events() -> AsyncIterator[bytes]:
+        def chunk(choices: list, extra: dict | None = None) -> bytes:
+            data = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": choices, **(extra or {})}
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        for delta in deltas:
+            yield chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+        yield chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield chunk([], {"usage": usage})
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
