@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from gateway.bodies import BodyReader, with_body_schemas
 from gateway.chat.api_router import chat_routes
 from gateway.chat.protocol import ChatCompletionRequest
+from gateway.completions.api_router import completion_routes
+from gateway.completions.protocol import CompletionRequest
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import install_error_handlers
 from gateway.feedback.api_router import feedback_routes
@@ -70,6 +72,7 @@ def create_app(
 
         tracer = install_tracing(app, span_exporter)
     app.include_router(chat_routes)
+    app.include_router(completion_routes)
     app.include_router(feedback_routes)
     app.include_router(admin_routes)
     app.include_router(health_routes)
@@ -78,7 +81,9 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_body_schemas(original_openapi(), [ChatCompletionRequest, FeedbackRequest])
+            app.openapi_schema = with_body_schemas(
+                original_openapi(), [ChatCompletionRequest, CompletionRequest, FeedbackRequest]
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
