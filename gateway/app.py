@@ -21,6 +21,8 @@ from gateway.feedback.api_router import feedback_routes
 from gateway.feedback.protocol import FeedbackRequest
 from gateway.health import health_routes
 from gateway.keys.guard import admin_routes
+from gateway.messages.api_router import messages_routes
+from gateway.messages.protocol import AnthropicCountTokensRequest, AnthropicMessagesRequest
 from gateway.middleware import BodyLimit, InFlight, InFlightLimit
 from gateway.observability.metrics import GatewayMetrics
 from gateway.services import Services, load_routers
@@ -73,6 +75,7 @@ def create_app(
         tracer = install_tracing(app, span_exporter)
     app.include_router(chat_routes)
     app.include_router(completion_routes)
+    app.include_router(messages_routes)
     app.include_router(feedback_routes)
     app.include_router(admin_routes)
     app.include_router(health_routes)
@@ -82,7 +85,9 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = with_body_schemas(
-                original_openapi(), [ChatCompletionRequest, CompletionRequest, FeedbackRequest]
+                original_openapi(),
+                [ChatCompletionRequest, CompletionRequest, AnthropicMessagesRequest, AnthropicCountTokensRequest,
+                 FeedbackRequest],
             )
         return app.openapi_schema
 
