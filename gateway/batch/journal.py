@@ -68,6 +68,11 @@ def answer_line(custom_id: str, request_id: str, status: int, body: dict[str, An
     }
 
 
+def succeeded(output: dict[str, Any]) -> bool:
+    """Whether an output line is an answer (OpenAI's output file) rather than an error (its error file)."""
+    return output["response"] is not None and 200 <= output["response"]["status_code"] < 300
+
+
 def error_line(custom_id: str | None, number: int, code: str, message: str) -> dict[str, Any]:
     """OpenAI's Batch output line for a line that never became a request."""
     return {

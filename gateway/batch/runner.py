@@ -1,4 +1,6 @@
-"""`moe batch run`: answer a JSONL file of chat requests, routed as the gateway routes them, expert by expert.
+"""`moe batch run` and the Batch API's batches: answer a JSONL file of chat requests, routed as the gateway routes
+them, expert by expert. The CLI builds the gateway's services for one run (`run_batch`); the gateway runs its
+batches on its own (gateway/batch/jobs.py); both go through `read_input` and `answer`.
 
 Why expert by expert: a fleet that loads models on demand (one GPU, several models) pays a model
 swap whenever consecutive requests want different models. Sending each expert its requests
@@ -35,7 +37,16 @@ from rich.progress import Progress, TaskID
 
 from experts.client import ExpertFailure
 from experts.pool import Answer
-from gateway.batch.journal import BatchError, Journal, LineError, answer_line, error_line, parse_line, validate_body
+from gateway.batch.journal import (
+    BatchError,
+    Journal,
+    LineError,
+    answer_line,
+    error_line,
+    parse_line,
+    succeeded,
+    validate_body,
+)
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.serving import all_failed
 from gateway.chat.targets import Target
@@ -45,6 +56,9 @@ from gateway.errors import APIError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.services import Services, StartupError, load_routers
 from gateway.settings import Settings
+
+CONCURRENCY = 8  # requests in flight per expert, unless a run asks otherwise
+Owner = tuple[int | None, str | None]  # the API key id and tenant a batch's decision records name
 
 
 # -- sending ------------------------------------------------------------------------------------
@@ -70,12 +84,16 @@ class Job:
 class BatchService:
     """Answering a file with the gateway's services: the same routing, expert pool and records."""
 
-    def __init__(self, services: Services, *, journal: Journal, concurrency: int, progress: Progress) -> None:
+    def __init__(
+        self, services: Services, *, journal: Journal, concurrency: int, progress: Progress, owner: Owner = (None, None)
+    ) -> None:
         self.services = services
         self.chat = services.chat
         self.journal = journal
         self.concurrency = concurrency
         self.progress = progress
+        self.owner = owner
+        self.stopped = False
         self.routing: TaskID = progress.add_task("routing", total=None)
         self.answering: TaskID = progress.add_task("answering", total=None)
         experts = services.config.experts
@@ -91,10 +109,14 @@ class BatchService:
 
         await asyncio.gather(*(route_one(job) for job in jobs))
 
+    def stop(self) -> None:
+        """Send no more requests (a cancelled batch): those in flight finish and are journaled, the rest stay undone."""
+        self.stopped = True
+
     async def send(self, jobs: list[Job]) -> None:
         """Round after round until every job is done: each job goes to its next candidate."""
         pending = jobs
-        while pending:
+        while pending and not self.stopped:
             servers: dict[str, dict[str, list[Job]]] = {}
             for job in sorted(pending, key=lambda j: self._order[j.expert]):  # stable: input order per expert
                 servers.setdefault(self._server[job.expert], {}).setdefault(job.expert, []).append(job)
@@ -110,7 +132,8 @@ class BatchService:
 
     async def _bounded(self, slots: asyncio.Semaphore, job: Job) -> None:
         async with slots:
-            await self.attempt(job)
+            if not self.stopped:
+                await self.attempt(job)
 
     async def attempt(self, job: Job) -> None:
         """Call the job's next candidate; finish the job unless it may fall back to another one."""
@@ -141,6 +164,74 @@ class BatchService:
 
 
 @dataclass
+class Input:
+    """A batch file as read against its journal."""
+
+    lines: list[int]  # the numbers of its non-blank lines: the output's lines, in this order
+    requests: list[tuple[int, str, ChatCompletionRequest]]  # (line, custom_id, body) of valid requests not journaled
+
+
+def read_input(data: bytes, journal: Journal) -> Input:
+    """Parse every line; a line that is no valid request is journaled with its error (once) and sent nowhere."""
+    lines = [(number, raw) for number, raw in enumerate(data.split(b"\n"), start=1) if raw.strip()]
+    requests: list[tuple[int, str, ChatCompletionRequest]] = []
+    seen: set[str] = set()
+    for number, raw in lines:
+        try:
+            custom_id, body = parse_line(raw, number)
+            if custom_id in seen:
+                raise LineError(
+                    "duplicate_custom_id",
+                    f"line {number}: custom_id {custom_id!r} is used by an earlier line",
+                    custom_id,
+                )
+            seen.add(custom_id)
+            if number not in journal.entries:
+                requests.append((number, custom_id, validate_body(body)))
+        except LineError as exc:
+            if number not in journal.entries:
+                journal.append(number, error_line(exc.custom_id, number, exc.code, str(exc)), None)
+        except APIError as exc:
+            journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
+    return Input([number for number, _ in lines], requests)
+
+
+async def answer(service: BatchService, batch: Input) -> None:
+    """Route every request of `batch` not answered yet, then send them expert by expert (services started)."""
+    services, journal = service.services, service.journal
+    for record in journal.records():  # what an interrupted run may not have flushed
+        services.decision_log.record(record)
+    jobs: list[Job] = []
+    for number, custom_id, body in batch.requests:
+        try:
+            target = services.chat.targets.resolve(body.model)
+            vm = target.virtual_model
+            if vm and (vm.synthesis or vm.vote or vm.cascade):
+                raise APIError(
+                    400,
+                    f"`{body.model}` answers with several experts; batches send each request to one expert",
+                    param="model",
+                    code="unsupported_in_batch",
+                )
+        except APIError as exc:
+            journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
+            continue
+        record = services.chat.new_record(body, target, None, body.wire_messages())
+        record.api_key_id, record.tenant = service.owner
+        jobs.append(Job(number, custom_id, body, target, record))
+    progress = service.progress
+    progress.update(service.answering, total=len(batch.lines), completed=len(batch.lines) - len(jobs))
+    with progress:
+        await service.route(jobs)
+        await service.send(jobs)
+
+
+def outputs(journal: Journal, batch: Input) -> list[dict[str, Any]]:
+    """The output lines journaled so far, in input order."""
+    return [journal.entries[number]["output"] for number in batch.lines if number in journal.entries]
+
+
+@dataclass
 class Summary:
     requests: int
     resumed: int  # answered by an earlier, interrupted run
@@ -152,8 +243,10 @@ class Summary:
 
     def __str__(self) -> str:
         experts = ", ".join(f"{name} {count}" for name, count in sorted(self.by_expert.items())) or "-"
-        return (f"{self.requests} requests ({self.resumed} from an earlier run): {self.ok} ok, {self.failed} failed; "
-                f"answered by {experts}; {self.wall_s:.1f}s; wrote {self.out}")
+        return (
+            f"{self.requests} requests ({self.resumed} from an earlier run): {self.ok} ok, {self.failed} failed; "
+            f"answered by {experts}; {self.wall_s:.1f}s; wrote {self.out}"
+        )
 
 
 def journal_path(out: Path) -> Path:
@@ -166,7 +259,7 @@ async def run_batch(
     source: Path,
     out: Path,
     *,
-    concurrency: int = 8,
+    concurrency: int = CONCURRENCY,
     console: Console | None = None,
     service_class: type[BatchService] = BatchService,
 ) -> Summary:
@@ -178,76 +271,46 @@ async def run_batch(
         raise BatchError(f"{out} already exists; remove it or choose another output file")
     journal = Journal(partial, hashlib.sha256(data).hexdigest())
     resumed = len(journal.entries)
-
-    lines = [(number, raw) for number, raw in enumerate(data.split(b"\n"), start=1) if raw.strip()]
-    requests: list[tuple[int, str, ChatCompletionRequest]] = []
-    seen: set[str] = set()
-    for number, raw in lines:
-        try:
-            custom_id, body = parse_line(raw, number)
-            if custom_id in seen:
-                raise LineError("duplicate_custom_id", f"line {number}: custom_id {custom_id!r} is used by an earlier line", custom_id)
-            seen.add(custom_id)
-            if number not in journal.entries:
-                requests.append((number, custom_id, validate_body(body)))
-        except LineError as exc:
-            if number not in journal.entries:
-                journal.append(number, error_line(exc.custom_id, number, exc.code, str(exc)), None)
-        except APIError as exc:
-            journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
+    batch = read_input(data, journal)
 
     virtual = {v.name for v in config.virtual_models}
     try:
-        routers = await asyncio.to_thread(load_routers, config) if any(
-            r.model.partition(":")[0] in virtual for _, _, r in requests
-        ) else {}
+        routers = (
+            await asyncio.to_thread(load_routers, config)
+            if any(r.model.partition(":")[0] in virtual for _, _, r in batch.requests)
+            else {}
+        )
     except StartupError as exc:
         journal.close()
         raise BatchError(str(exc)) from None
 
     services = Services.build(settings, config, routers, metrics=GatewayMetrics(), serving=False)
     if not await asyncio.to_thread(services.decision_log.ping):
-        console.print(f"[yellow]decision log not reachable or not migrated (`moe db upgrade`)[/yellow]: "
-                      f"records will wait in {settings.moe_spill_dir}")
+        console.print(
+            f"[yellow]decision log not reachable or not migrated (`moe db upgrade`)[/yellow]: "
+            f"records will wait in {settings.moe_spill_dir}"
+        )
     progress = Progress(console=console, transient=False)
     service = service_class(services, journal=journal, concurrency=concurrency, progress=progress)
     # Experts are probed once, as start-up: experts down now are ranked last, as the gateway ranks them.
     await services.start(background=False)
     try:
-        for record in journal.records():  # what an interrupted run may not have flushed
-            services.decision_log.record(record)
-        jobs: list[Job] = []
-        for number, custom_id, body in requests:
-            try:
-                target = services.chat.targets.resolve(body.model)
-                vm = target.virtual_model
-                if vm and (vm.synthesis or vm.vote or vm.cascade):
-                    raise APIError(400, f"`{body.model}` answers with several experts; batches send each request "
-                                   "to one expert", param="model", code="unsupported_in_batch")
-            except APIError as exc:
-                journal.append(number, answer_line(custom_id, str(uuid.uuid4()), exc.status, exc.body()), None)
-                continue
-            jobs.append(Job(number, custom_id, body, target,
-                            services.chat.new_record(body, target, None, body.wire_messages())))
-        progress.update(service.answering, total=len(lines), completed=len(lines) - len(jobs))
-        with progress:
-            await service.route(jobs)
-            await service.send(jobs)
+        await answer(service, batch)
     finally:
         journal.close()
         await services.stop()
 
-    outputs = [journal.entries[number]["output"] for number, _ in lines]
+    lines = outputs(journal, batch)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(o, separators=(",", ":")) + "\n" for o in outputs))
+    tmp.write_text("".join(json.dumps(o, separators=(",", ":")) + "\n" for o in lines))
     tmp.replace(out)
     partial.unlink()
-    answered = [o for o in outputs if o["response"] and o["response"]["status_code"] == 200]
+    answered = [o for o in lines if succeeded(o)]
     return Summary(
-        requests=len(outputs),
+        requests=len(lines),
         resumed=resumed,
         ok=len(answered),
-        failed=len(outputs) - len(answered),
+        failed=len(lines) - len(answered),
         by_expert=Counter(o["response"]["body"]["model"] for o in answered),
         wall_s=time.perf_counter() - started,
         out=out,
