@@ -29,8 +29,11 @@ from tests.gateway.support import (
 def gateway(
     healthy_experts: list[dict[str, Any]], upstream: str, router_artifact: Path, sqlite_url: str, tmp_path: Path
 ) -> Iterator[Gateway]:
-    experts = [*healthy_experts, expert("down", "echo-fail500", f"{upstream}/v1"),
-               expert("flaky", "echo-broken", f"{upstream}/v1")]
+    experts = [
+        *healthy_experts,
+        expert("down", "echo-fail500", f"{upstream}/v1"),
+        expert("flaky", "echo-broken", f"{upstream}/v1"),
+    ]
     with running_gateway(routed_config(experts, router_artifact), sqlite_url, tmp_path) as gw:
         yield gw
 
@@ -100,15 +103,15 @@ def test_streamed_without_usage_ends_with_done(gateway: Gateway) -> None:
     assert all(c["choices"][0]["text"] or c["choices"][0]["finish_reason"] for c in chunks)
 
 
-def test_several_prompts_are_routed_one_by_one_and_answered_together(
-    client: openai.OpenAI, sqlite_url: str
-) -> None:
+def test_several_prompts_are_routed_one_by_one_and_answered_together(client: openai.OpenAI, sqlite_url: str) -> None:
     raw = client.completions.with_raw_response.create(
         model="moe-auto", prompt=[MATH_QUESTION, HISTORY_QUESTION], max_tokens=64
     )
     completion = raw.parse()
-    assert [c.text for c in completion.choices] == [f"[echo-stem|STEM] {MATH_QUESTION}",
-                                                    f"[echo-humanities] {HISTORY_QUESTION}"]
+    assert [c.text for c in completion.choices] == [
+        f"[echo-stem|STEM] {MATH_QUESTION}",
+        f"[echo-humanities] {HISTORY_QUESTION}",
+    ]
     assert [c.index for c in completion.choices] == [0, 1]
     assert raw.headers["x-moe-expert"] == "stem,humanities" and completion.model == "stem,humanities"
     assert raw.headers["x-moe-router"].startswith("embedding-domain@")
@@ -180,9 +183,20 @@ def test_what_a_chat_model_cannot_answer_is_a_400_naming_the_field(
 
 def test_accepted_no_ops_are_not_refused(client: openai.OpenAI) -> None:
     completion = client.completions.create(
-        model="moe-auto", prompt=MATH_QUESTION, echo=False, suffix="", best_of=1, user="tester", seed=3,
-        stop=["\n\n"], temperature=0.5, top_p=0.9, presence_penalty=0.1, frequency_penalty=0.1,
-        logit_bias={"50256": -100}, max_tokens=None,
+        model="moe-auto",
+        prompt=MATH_QUESTION,
+        echo=False,
+        suffix="",
+        best_of=1,
+        user="tester",
+        seed=3,
+        stop=["\n\n"],
+        temperature=0.5,
+        top_p=0.9,
+        presence_penalty=0.1,
+        frequency_penalty=0.1,
+        logit_bias={"50256": -100},
+        max_tokens=None,
     )
     assert completion.choices[0].text == f"[echo-stem|STEM] {MATH_QUESTION}"
 
