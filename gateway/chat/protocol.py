@@ -207,7 +207,10 @@ REPLAY_FIRST: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assi
 async def replay(completion: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
     """A complete answer (cached, voted) as the upstream chunks that would have carried it (after `REPLAY_FIRST`)."""
     choice = completion["choices"][0]
-    yield {"choices": [{"index": 0, "delta": {"content": choice["message"].get("content") or ""}}]}
+    delta: dict[str, Any] = {"content": choice["message"].get("content") or ""}
+    if tool_calls := choice["message"].get("tool_calls"):  # a stream's deltas number their calls
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+    yield {"choices": [{"index": 0, "delta": delta}]}
     yield {"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}
     if completion.get("usage"):
         yield {"choices": [], "usage": completion["usage"]}
