@@ -173,3 +173,18 @@ class ApiKeyRow(Base):
     spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# -- the Responses API's stored responses (gateway/responses/) -------------------------------------------------
+class ResponseRow(Base):
+    """A response kept for `previous_response_id` and `GET /v1/responses/{id}`, visible to its tenant only (null:
+    keys not required). JSON as text: JSONB refuses the NUL character that a client's text may hold."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    api_key_id: Mapped[int | None] = mapped_column(Integer)
+    tenant: Mapped[str | None] = mapped_column(String(200))
+    messages: Mapped[str] = mapped_column(Text)  # the conversation as chat messages, this response's answer last
+    response: Mapped[str] = mapped_column(Text)  # the Response object as the client got it
