@@ -25,6 +25,8 @@ from gateway.messages.api_router import messages_routes
 from gateway.messages.protocol import AnthropicCountTokensRequest, AnthropicMessagesRequest
 from gateway.middleware import BodyLimit, InFlight, InFlightLimit
 from gateway.observability.metrics import GatewayMetrics
+from gateway.responses.api_router import responses_routes
+from gateway.responses.protocol import ResponsesRequest
 from gateway.services import Services, load_routers
 from gateway.settings import Settings
 
@@ -76,6 +78,7 @@ def create_app(
     app.include_router(chat_routes)
     app.include_router(completion_routes)
     app.include_router(messages_routes)
+    app.include_router(responses_routes)
     app.include_router(feedback_routes)
     app.include_router(admin_routes)
     app.include_router(health_routes)
@@ -87,7 +90,7 @@ def create_app(
             app.openapi_schema = with_body_schemas(
                 original_openapi(),
                 [ChatCompletionRequest, CompletionRequest, AnthropicMessagesRequest, AnthropicCountTokensRequest,
-                 FeedbackRequest],
+                 ResponsesRequest, FeedbackRequest],
             )
         return app.openapi_schema
 
