@@ -174,7 +174,7 @@ def server_command(config: Fleet, server: ServerConfig, *, python: Path, model: 
         "--served-model-name", *config.served_names(server),
         "--host", server.host,
         "--port", str(server.port),
-        *(["--enable-auto-tool-choice", "--tool-call-parser", server.tool_parser] if server.tool_parser else []),
+        *server.tool_args,
         *server.args,
     ]  # fmt: skip
 

@@ -53,6 +53,10 @@ class ExpertConfig(Strict):
         return ExpertProfile(self.name, self.price_per_mtok, self.domains, self.skills)
 
 
+# What `tool_parser` adds to a server's command: vLLM takes tool_choice "auto" only with both.
+TOOL_CHOICE_FLAG, TOOL_PARSER_FLAG = "--enable-auto-tool-choice", "--tool-call-parser"
+
+
 class ServerConfig(Strict):
     """A vLLM OpenAI server that `moe experts up` starts; experts whose api_base is its URL are served by it."""
 
@@ -61,10 +65,23 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     tool_parser: str | None = Field(
-        None, description="vLLM's tool-call parser for this model (e.g. hermes, llama3_json): lets clients send "
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="vLLM's tool-call parser for this model (e.g. hermes, llama3_json): lets clients send "
         "tool_choice auto; vLLM refuses it otherwise",
     )
     args: tuple[str, ...] = Field((), description="extra vLLM arguments, e.g. --max-model-len 2048")
+
+    @model_validator(mode="after")
+    def _tool_parsing_set_once(self) -> Self:
+        if self.tool_parser is not None and any(a.split("=", 1)[0] in (TOOL_CHOICE_FLAG, TOOL_PARSER_FLAG)
+                                                for a in self.args):
+            raise ValueError(f"args: tool_parser already adds {TOOL_CHOICE_FLAG} and {TOOL_PARSER_FLAG}")
+        return self
+
+    @property
+    def tool_args(self) -> list[str]:
+        """The vLLM arguments that turn tool-call parsing on; none without a parser."""
+        return [TOOL_CHOICE_FLAG, TOOL_PARSER_FLAG, self.tool_parser] if self.tool_parser else []
 
     @property
     def api_base(self) -> str:

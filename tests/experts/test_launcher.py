@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from experts import launcher
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
@@ -65,6 +66,31 @@ def test_a_tool_parser_lets_the_server_take_tool_choice_auto() -> None:
     command = launcher.server_command(config, config.servers[0], python=PYTHON, model="Qwen/Qwen2.5-7B-Instruct")
     assert command[command.index("--port") + 2 :] == [
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "4096"]
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"tool_parser": "--hermes"}, "servers.0.tool_parser"),  # would be read as a flag of its own
+        ({"tool_parser": "hermes --trust-remote-code"}, "servers.0.tool_parser"),
+        ({"tool_parser": ""}, "servers.0.tool_parser"),
+        ({"tool_parser": "hermes", "args": ["--tool-call-parser=mistral"]}, "tool_parser already adds"),
+        ({"tool_parser": "hermes", "args": ["--enable-auto-tool-choice"]}, "tool_parser already adds"),
+        ({"tool_parsr": "hermes"}, "servers.0.tool_parsr"),
+    ],
+)
+def test_a_tool_parser_is_one_name_set_in_one_place(server: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _config(servers=[{"name": "s", "model": "m", "port": 9001, **server}],
+                experts=[{"name": "a", "model": "m", "api_base": "http://127.0.0.1:9001/v1"}])
+
+
+def test_tool_flags_in_args_alone_pass_through() -> None:
+    config = _config(servers=[{"name": "s", "model": "m", "port": 9001,
+                               "args": ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]}],
+                     experts=[{"name": "a", "model": "m", "api_base": "http://127.0.0.1:9001/v1"}])
+    command = launcher.server_command(config, config.servers[0], python=PYTHON, model="m")
+    assert command[command.index("--port") + 2 :] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
 
 
 def test_server_env_sets_cpu_defaults_without_overriding_the_caller() -> None:
