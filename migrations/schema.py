@@ -188,3 +188,53 @@ class ResponseRow(Base):
     tenant: Mapped[str | None] = mapped_column(String(200))
     messages: Mapped[str] = mapped_column(Text)  # the conversation as chat messages, this response's answer last
     response: Mapped[str] = mapped_column(Text)  # the Response object as the client got it
+
+
+# -- the Batch API (gateway/batch/) ---------------------------------------------------------------------------
+class FileRow(Base):
+    """A Batch API file: an uploaded batch input, or a batch's output or error file. Its bytes are in the file store
+    (MOE_FILES_DIR), named by its id. It belongs to its uploader's tenant (null: keys not required)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created_at", "tenant", "created_at"),)  # a tenant's files, newest first
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(20))  # batch (uploaded) or batch_output (written by a batch)
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    api_key_id: Mapped[int | None] = mapped_column(Integer)
+    tenant: Mapped[str | None] = mapped_column(String(200))
+
+
+class BatchRow(Base):
+    """A Batch API batch: its state as OpenAI's Batch object shows it, and which gateway process runs it (`runner`,
+    alive while it renews `heartbeat_at`: another process takes over a batch whose runner stopped renewing)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_tenant_created_at", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    endpoint: Mapped[str] = mapped_column(String(100))
+    completion_window: Mapped[str] = mapped_column(String(10))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    meta: Mapped[dict[str, str] | None] = mapped_column("metadata", Json)  # `metadata` is SQLAlchemy's own name
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)  # why the batch failed, when it did
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    api_key_id: Mapped[int | None] = mapped_column(Integer)  # its decision records name this key and tenant
+    tenant: Mapped[str | None] = mapped_column(String(200))
+    runner: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
