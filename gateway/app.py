@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
+from gateway.batch.api_router import batch_routes
+from gateway.batch.protocol import BatchCreateRequest
 from gateway.bodies import BodyReader, with_body_schemas
 from gateway.chat.api_router import chat_routes
 from gateway.chat.protocol import ChatCompletionRequest
@@ -79,6 +81,7 @@ def create_app(
     app.include_router(completion_routes)
     app.include_router(messages_routes)
     app.include_router(responses_routes)
+    app.include_router(batch_routes(settings))
     app.include_router(feedback_routes)
     app.include_router(admin_routes)
     app.include_router(health_routes)
@@ -90,7 +93,7 @@ def create_app(
             app.openapi_schema = with_body_schemas(
                 original_openapi(),
                 [ChatCompletionRequest, CompletionRequest, AnthropicMessagesRequest, AnthropicCountTokensRequest,
-                 ResponsesRequest, FeedbackRequest],
+                 ResponsesRequest, FeedbackRequest, BatchCreateRequest],
             )
         return app.openapi_schema
 

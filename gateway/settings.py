@@ -46,3 +46,8 @@ class Settings(BaseSettings):
     moe_shadow_share: float = Field(
         0.1, ge=0, le=1, description="share of routed requests a shadow router version also decides (never served)"
     )
+    moe_files_dir: Path = Field(
+        Path("var/files"), description="Batch API files (uploads, batch outputs) and the journals of running batches"
+    )
+    # OpenAI's own limit on a batch input file. An upload is also a request body: MOE_MAX_BODY_BYTES applies first.
+    moe_max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="larger Batch API uploads get 413")
