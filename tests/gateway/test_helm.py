@@ -172,6 +172,16 @@ def test_gpu_experts_request_their_gpus() -> None:
         assert "vllm-cpu" in container["image"] and "nvidia.com/gpu" not in str(container["resources"])
 
 
+def test_a_tool_parser_turns_on_vllms_tool_calls() -> None:
+    docs = render(overlay(CHART / "ci" / "gpu-experts.yaml"))
+    args = {d["spec"]["selector"]["matchLabels"]["moe.expert"]: pod_spec(d)["containers"][0]["args"]
+            for d in find(docs, "Deployment", "expert")}
+    humanities = args["humanities"]  # toolParser: hermes
+    at = humanities.index("--tool-call-parser")
+    assert humanities[at - 1 : at + 2] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    assert not {"--enable-auto-tool-choice", "--tool-call-parser"} & {*args["general"], *args["stem"]}
+
+
 # Parses each argument list as `vllm serve` would (unknown flags and bad values fail) and prints what it read.
 VLLM_PARSE = """
 import json, sys
@@ -272,6 +282,11 @@ BAD_VALUES = {
     "api-key-not-from-the-secret": ({"experts": [{"name": "x", "apiBase": "https://x/v1", "apiKeyEnv": "X_KEY"}]},
                                     "apiKeyEnv X_KEY must be one of secrets.extraEnvKeys"),
     "duplicate-expert": ({"experts": [*_expert()["experts"], *_expert()["experts"]]}, "is used twice"),
+    "tool-parser-as-a-flag": (_expert(toolParser="--hermes"), "/experts/0/toolParser"),
+    "tool-parser-twice": (_expert(toolParser="hermes", args=["--tool-call-parser=mistral"]),
+                          "args repeat what toolParser adds"),
+    "tool-parser-of-a-hosted-expert": ({"experts": [{"name": "x", "apiBase": "https://x/v1", "toolParser": "hermes"}]},
+                                       "toolParser sets up the vLLM server the chart runs"),
     "unknown-top-level-key": ({"replicaCount": 3}, "additional properties 'replicaCount' not allowed"),
     "renamed-key": ({"gateway": {"replicaCount": 3}}, "additional properties 'replicaCount' not allowed"),
     "unknown-expert-key": (_expert(gpus=1), "additional properties 'gpus' not allowed"),
