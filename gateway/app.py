@@ -70,7 +70,7 @@ def create_app(
     app.state.bodies = BodyReader()
     app.state.in_flight = InFlight(settings.moe_max_in_flight)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes, uploads=("/v1/files", settings.moe_max_file_bytes))
     app.add_middleware(InFlightLimit, state=app.state.in_flight)
     tracer: RequestTracer | None = None  # off: no middleware, no spans, the instrumentation never imported
     if settings.moe_otel:

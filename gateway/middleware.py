@@ -72,17 +72,22 @@ class InFlightLimit:
 class BodyLimit:
     """Answers 413 for request bodies over the limit, by header or by counting what actually arrives."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: tuple[str, int] | None = None) -> None:
+        """`uploads`: a path prefix whose bodies are files (the Batch API's), and their own, larger limit."""
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
+        if self.uploads is not None and scope["path"].startswith(self.uploads[0]):
+            limit = self.uploads[1]
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send, scope["path"])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, scope["path"], limit)
             return
         received = 0
         too_large = False
@@ -93,7 +98,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     too_large = True
                     raise _TooLarge
             return message
@@ -104,7 +109,7 @@ class BodyLimit:
                 # The app may turn the aborted read into its own error reply: answer 413 instead.
                 if not started:
                     started = True
-                    await self._reject(send, scope["path"])
+                    await self._reject(send, scope["path"], limit)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -112,11 +117,11 @@ class BodyLimit:
         with contextlib.suppress(_TooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if too_large and not started:
-            await self._reject(send, scope["path"])
+            await self._reject(send, scope["path"], limit)
 
-    async def _reject(self, send: Send, path: str) -> None:
+    async def _reject(self, send: Send, path: str, limit: int) -> None:
         response = error_response(
-            413, f"Request body exceeds the gateway's limit of {self.max_bytes} bytes.", code="request_too_large",
+            413, f"Request body exceeds the gateway's limit of {limit} bytes.", code="request_too_large",
             path=path,
         )
         await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
