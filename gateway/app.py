@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from gateway.observability.tracing import RequestTracer
 
 
+MULTIPART_FRAMING_BYTES = 64 * 1024  # boundaries, part headers and the form's other fields
+
+
 def create_app(
     settings: Settings | None = None, config: GatewayConfig | None = None, *, span_exporter: SpanExporter | None = None
 ) -> FastAPI:
@@ -70,7 +73,9 @@ def create_app(
     app.state.bodies = BodyReader()
     app.state.in_flight = InFlight(settings.moe_max_in_flight)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes, uploads=("/v1/files", settings.moe_max_file_bytes))
+    # An upload's body is the file and its multipart framing: the file's own limit is checked where it is parsed.
+    upload_bytes = settings.moe_max_file_bytes + MULTIPART_FRAMING_BYTES
+    app.add_middleware(BodyLimit, max_bytes=settings.moe_max_body_bytes, uploads=("/v1/files", upload_bytes))
     app.add_middleware(InFlightLimit, state=app.state.in_flight)
     tracer: RequestTracer | None = None  # off: no middleware, no spans, the instrumentation never imported
     if settings.moe_otel:
