@@ -5,7 +5,9 @@ chat model cannot answer what is asked."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tests.gateway.support import (
     running_gateway,
     wait_for,
 )
+from tests.gateway.test_shutdown import moe_serve
 
 
 @pytest.fixture
@@ -33,6 +36,7 @@ def gateway(
         *healthy_experts,
         expert("down", "echo-fail500", f"{upstream}/v1"),
         expert("flaky", "echo-broken", f"{upstream}/v1"),
+        expert("slow", "echo-slow", f"{upstream}/v1"),
     ]
     with running_gateway(routed_config(experts, router_artifact), sqlite_url, tmp_path) as gw:
         yield gw
@@ -129,6 +133,32 @@ def test_several_prompts_number_their_choices_per_n(client: openai.OpenAI) -> No
     completion = client.completions.create(model="stem", prompt=["one", "two"], n=2)
     # The scripted expert answers one choice whatever n asks: prompt i's choices start at i * n.
     assert [(c.index, c.text) for c in completion.choices] == [(0, "[echo-stem|STEM] one"), (2, "[echo-stem|STEM] two")]
+
+
+def test_a_client_leaving_settles_every_prompts_record(gateway: Gateway, sqlite_url: str) -> None:
+    with pytest.raises(httpx.ReadTimeout):  # the expert takes 5 s
+        httpx.post(f"{gateway.v1}/completions", json={"model": "slow", "prompt": ["a", "b"]}, timeout=1)
+    wait_for(lambda: len(decisions(sqlite_url)) == 2, what="one record per prompt")
+    assert [(r.status, r.http_status) for r in decisions(sqlite_url)] == [("client_disconnected", 499)] * 2
+
+
+def test_the_shutdown_drain_answers_every_prompt_503(
+    upstream: str, router_artifact: Path, postgres_url: str, tmp_path: Path
+) -> None:
+    experts = [expert("slow", "slow-general", f"{upstream}/v1")]  # answers after SLOW_S
+    body = {"model": "slow", "prompt": ["a", "b"]}
+    with (
+        moe_serve(experts, router_artifact, tmp_path, postgres_url, MOE_DRAIN_S="1", MOE_LOG_FLUSH_S="600") as gw,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        cut_off = pool.submit(httpx.post, f"{gw.v1}/completions", json=body, timeout=30)
+        wait_for(lambda: "llm_requests_in_flight 1.0" in httpx.get(f"{gw.base_url}/metrics").text, what="the request")
+        gw.process.send_signal(signal.SIGTERM)
+        assert gw.process.wait(timeout=30) == -signal.SIGTERM
+    response = cut_off.result()
+    assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+    assert response.json()["error"]["code"] == "shutting_down"
+    assert [(r.status, r.http_status) for r in decisions(postgres_url)] == [("shutdown", 503)] * 2
 
 
 def test_a_failing_prompt_fails_the_request_in_openais_shape(gateway: Gateway, sqlite_url: str) -> None:
