@@ -1,5 +1,6 @@
-"""Schemathesis fuzzes the gateway's own OpenAPI schema (valid and invalid inputs): no 5xx, every error OpenAI-shaped;
-Hypothesis sends every field at its bound and past it, and every answered request's record must reach PostgreSQL.
+"""Schemathesis fuzzes the gateway's own OpenAPI schema (valid and invalid inputs), every operation of it: no 5xx,
+every error in its endpoint's protocol's shape (Anthropic's on /v1/messages, OpenAI's elsewhere); Hypothesis sends
+every chat field at its bound and past it, and every answered request's record must reach PostgreSQL.
 
 Cases come from schemathesis' hypothesis strategies; its pytest plugin is not used (it does not
 load under this pytest version).
@@ -20,13 +21,27 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from gateway.chat import protocol
+from gateway.errors import ANTHROPIC_PATHS
 from migrations.schema import DeadLetterRow
 from tests.gateway.support import decisions, routed_config, rows, running_gateway, wait_for
 
-CHAT = ("POST", "/v1/chat/completions")
-# Operations without parameters have no invalid input to generate.
-CASES = [(*CHAT, GenerationMode.POSITIVE), (*CHAT, GenerationMode.NEGATIVE)] + [
-    ("GET", path, GenerationMode.POSITIVE) for path in ("/v1/models", "/healthz", "/readyz")
+# Every operation the schema publishes, with valid input and, where it takes any, invalid input. The routed
+# endpoints must answer valid input (200) and refuse invalid input (400): the cases really reach both sides.
+ROUTED = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens"}
+POSITIVE_ONLY = {("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
+                 ("GET", "/v1/admin/keys")}
+OPERATIONS = [
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"), ("DELETE", "/v1/responses/{response_id}"),
+    ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/v1/files"), ("GET", "/v1/files"), ("GET", "/v1/files/{file_id}"), ("DELETE", "/v1/files/{file_id}"),
+    ("GET", "/v1/files/{file_id}/content"), ("POST", "/v1/batches"), ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{batch_id}"), ("POST", "/v1/batches/{batch_id}/cancel"), ("POST", "/v1/feedback"),
+    ("POST", "/v1/admin/keys"), ("DELETE", "/v1/admin/keys/{key_id}"), *sorted(POSITIVE_ONLY),
+]
+CASES = [
+    (method, path, mode) for method, path in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if mode is GenerationMode.POSITIVE or (method, path) not in POSITIVE_ONLY
 ]
 
 
@@ -34,32 +49,45 @@ CASES = [(*CHAT, GenerationMode.POSITIVE), (*CHAT, GenerationMode.NEGATIVE)] + [
 def api_schema(upstream: str, router_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     workdir = tmp_path_factory.mktemp("fuzz")
     experts = [{"name": "general", "model": "echo", "api_base": f"{upstream}/v1", "domains": ["other"]}]
-    with running_gateway(routed_config(experts, router_artifact), f"sqlite:///{workdir}/fuzz.db", workdir) as gw:
+    with running_gateway(routed_config(experts, router_artifact), f"sqlite:///{workdir}/fuzz.db", workdir,
+                         moe_files_dir=workdir / "files") as gw:
         loaded = schemathesis.openapi.from_url(f"{gw.base_url}/openapi.json")
         loaded.config.update(base_url=gw.base_url)
         yield loaded
 
 
+def test_the_fuzz_covers_every_operation(api_schema: Any) -> None:
+    published = {(method.upper(), path) for path, item in api_schema.raw_schema["paths"].items() for method in item}
+    assert published == set(OPERATIONS)
+
+
+def assert_protocol_shaped(path: str, body: Any) -> None:
+    if path.startswith(ANTHROPIC_PATHS):
+        assert set(body) == {"type", "error"} and body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+    else:
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+
+
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=lambda v: getattr(v, "value", v))
-def test_no_server_errors_and_openai_shaped_errors(api_schema: Any, method: str, path: str, mode: GenerationMode) -> None:
+def test_no_server_errors_and_protocol_shaped_errors(api_schema: Any, method: str, path: str, mode: GenerationMode) -> None:
     operation = api_schema[path][method]
     seen: dict[int, int] = {}
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case: Any) -> None:
-        if mode is GenerationMode.POSITIVE and isinstance(case.body, dict):
+        if mode is GenerationMode.POSITIVE and path in ROUTED and isinstance(case.body, dict):
             case.body["model"] = "moe-auto"  # random model names would only ever meet the 404
         response = case.call(timeout=20)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         assert response.status_code < 500, response.text
         if response.status_code >= 400:
-            body = response.json()
-            assert set(body) == {"error"}, body
-            assert set(body["error"]) == {"message", "type", "param", "code"}, body
+            assert_protocol_shaped(path, response.json())
 
     check()
-    if method == "POST":
+    if path in ROUTED:
         # Invalid input really was rejected; valid input really was routed and answered.
         expected = 400 if mode is GenerationMode.NEGATIVE else 200
         assert seen.get(expected, 0) > 0, seen
