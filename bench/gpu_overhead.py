@@ -160,6 +160,8 @@ class Load:
 
     answers: list[Answer] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)  # every content chunk's arrival
+    begin: float = 0.0  # the measured window
+    end: float = 0.0
 
 
 async def ask(
@@ -227,9 +229,9 @@ async def closed_loop(
     duration_s: float,
     max_tokens: int,
     expect_tokens: int | None,
-) -> dict[str, Any]:
+) -> Load:
     """`clients` clients for warmup + duration seconds, then until every request sent in the last `duration_s` (the
-    window) has its answer, so that each was answered under the same load; the figures of the window."""
+    window) has its answer, so that each was answered under the same load; what the window collected."""
     load = Load()
     order = itertools.count()  # every target gets the same questions in the same order
     loop = asyncio.get_running_loop()
@@ -259,20 +261,33 @@ async def closed_loop(
         for task in tasks:
             task.cancel()  # closes the open responses: the servers see their clients go
         await asyncio.gather(*tasks, return_exceptions=True)
-    return summary(load, begin, end)
+    load.begin, load.end = begin, end
+    return load
 
 
-def summary(load: Load, begin: float, end: float) -> dict[str, Any]:
-    duration = end - begin
-    measured = [a for a in load.answers if begin <= a.sent < end and a.done is not None]
-    completed = sum(1 for a in load.answers if a.done is not None and begin <= a.done <= end)
-    failed = [a for a in load.answers if a.error is not None and a.sent < end]
+def summary(loads: Sequence[Load]) -> dict[str, Any]:
+    """The figures of one target's measured windows (its passes), pooled."""
+    duration = sum(w.end - w.begin for w in loads)
+    measured = [a for w in loads for a in w.answers if w.begin <= a.sent < w.end and a.done is not None]
+    completed = sum(1 for w in loads for a in w.answers if a.done is not None and w.begin <= a.done <= w.end)
+    failed = [a for w in loads for a in w.answers if a.error is not None and a.sent < w.end]
     experts = Counter(a.expert for a in measured if a.expert)
+    tokens = sum(1 for w in loads for t in w.token_times if w.begin <= t <= w.end)
     return {
         "answers_per_s": round(completed / duration, 3),
-        "output_tokens_per_s": round(sum(1 for t in load.token_times if begin <= t <= end) / duration, 1),
+        "output_tokens_per_s": round(tokens / duration, 1),
         "completed_in_window": completed,
-        "drained_s": round(max(0.0, max((a.done for a in measured), default=end) - end), 2),
+        "passes": len(loads),
+        "drained_s": round(
+            max(
+                0.0,
+                *(
+                    max((a.done for a in w.answers if a.done and w.begin <= a.sent < w.end), default=w.end) - w.end
+                    for w in loads
+                ),
+            ),
+            2,
+        ),
         "errors": len(failed),
         "first_error": failed[0].error if failed else None,
         "tokens_per_answer": {
@@ -305,21 +320,39 @@ async def measure_all(
     results: dict[str, dict[str, Any]],
     saved: Callable[[], None],
 ) -> None:
-    """Every target at every concurrency; `results` filled in place, `saved()` after each measurement."""
+    """Every target at every concurrency; `results` filled in place, `saved()` after each measurement.
+
+    The GPU rows are measured in `--passes` interleaved passes, the order reversed every other pass (direct,
+    expert, routed, then routed, expert, direct), and pooled: a drift of the GPU or the machine over the run
+    (clocks, caches, other work) then weighs on every row alike instead of on whichever ran first. Before the
+    first, `--gpu-warmup` seconds of unmeasured load on the GPU upstream."""
+    gpu = [name for name in targets if name in GPU_TARGETS]
     async with aiohttp.ClientSession() as session:
+        if args.gpu_warmup > 0:
+            await closed_loop(
+                targets["direct"],
+                prompts,
+                max(args.concurrency),
+                0.0,
+                args.gpu_warmup,
+                args.max_tokens,
+                args.max_tokens,
+            )
         for level in args.concurrency:
             row = results.setdefault(f"c{level}", {})
-            for name, target in targets.items():
+            loads: dict[str, list[Load]] = {name: [] for name in targets}
+            order = [(p, name) for p in range(args.passes) for name in (gpu if p % 2 == 0 else gpu[::-1])]
+            for p, name in [*order, *((0, n) for n in targets if n not in gpu)]:
                 idle_s = await wait_idle(session, health_url)
                 if name == "echo":  # as many tokens as the question has words, up to max_tokens
                     timing, expect = (min(args.warmup, 1.0), min(args.duration, CEILING_S)), None
                 else:
                     timing, expect = (args.warmup, args.duration), args.max_tokens
-                r = await closed_loop(target, prompts, level, *timing, args.max_tokens, expect)
-                row[name] = {**r, "waited_for_idle_s": idle_s}
+                loads[name].append(await closed_loop(targets[name], prompts, level, *timing, args.max_tokens, expect))
+                r = row[name] = {**summary(loads[name]), "waited_for_idle_s": idle_s}
                 console.print(
-                    f"c{level:<3} {name:<14} TTFT p50/p99 {_ms(r['ttft']['p50_ms'])} {_ms(r['ttft']['p99_ms'])}  "
-                    f"latency {_ms(r['latency']['p50_ms'])} {_ms(r['latency']['p99_ms'])} ms  "
+                    f"c{level:<3} {name:<14} pass {p + 1} TTFT p50/p99 {_ms(r['ttft']['p50_ms'])} "
+                    f"{_ms(r['ttft']['p99_ms'])}  latency {_ms(r['latency']['p50_ms'])} {_ms(r['latency']['p99_ms'])} ms  "
                     f"{r['answers_per_s']:6.2f}/s {r['output_tokens_per_s']:8.1f} tok/s  "
                     f"n {r['latency']['samples']:>4} err {r['errors']}"
                     + (f" [red]({r['first_error']})[/]" if r["first_error"] else "")
@@ -441,7 +474,7 @@ def start_gpu_upstream(procs: Processes, python: Path, args: argparse.Namespace)
         "--shape",
         args.shape,
         "--max-concurrent",
-        str(max(args.concurrency)),
+        str(args.upstream_concurrent or max(args.concurrency)),
     ]
     return procs.start("gpu_upstream", argv, {**os.environ}), f"http://127.0.0.1:{port}"
 
@@ -454,6 +487,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per target and concurrency")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds of load before each measurement")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens in every answer")
+    parser.add_argument("--passes", type=int, default=2, help="interleaved passes over the GPU rows (see measure_all)")
+    parser.add_argument("--gpu-warmup", type=float, default=15.0, help="unmeasured seconds of load before the first")
+    parser.add_argument(
+        "--upstream-concurrent",
+        type=int,
+        help="requests the GPU upstream decodes at once (default: the most clients); 1 serves them in "
+        "turn, so no decode threads contend",
+    )
     parser.add_argument("--router", type=Path, default=DEFAULT_ROUTER, help="trained router artifact to route with")
     parser.add_argument(
         "--upstream-python",
@@ -468,8 +509,8 @@ def parse_args() -> argparse.Namespace:
     where.add_argument("--out", type=Path, help=f"report JSON, the plot beside it (default bench/results/{NAME}.json)")
     where.add_argument("--out-dir", type=Path, help=f"write {NAME}.json and {NAME}.png into this folder")
     args = parser.parse_args()
-    if min(args.concurrency) < 1 or args.duration <= 0 or args.warmup < 0 or args.max_tokens < 1:
-        parser.error("concurrency and max-tokens must be >= 1, duration > 0, warmup >= 0")
+    if min(args.concurrency) < 1 or args.duration <= 0 or args.warmup < 0 or args.max_tokens < 1 or args.passes < 1:
+        parser.error("concurrency, max-tokens and passes must be >= 1, duration > 0, warmup >= 0")
     return args
 
 
@@ -505,6 +546,9 @@ def main() -> None:
             "concurrency": args.concurrency,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "passes": args.passes,
+            "gpu_warmup_s": args.gpu_warmup,
+            "upstream_concurrent": args.upstream_concurrent or max(args.concurrency),
             "prompts": f"{len(prompts)} MMLU-Pro test questions drawn across the split (1,000 characters at most), "
             "one per request",
             "client": "aiohttp in the benchmark's process, closed loop, streamed (stream_options.include_usage); "
