@@ -4,7 +4,8 @@ Behaviour is chosen by the requested model name, so one server can play a health
 broken one at once: names containing `fail500` answer 500, `reject400` answer 400, `slow` wait 5 s
 before answering, `drip` stream one word every 0.3 s, `broken` cut the stream (or the body)
 midway; anything else echoes the last user message. Like a real server it stops at `max_tokens` (a
-word is a token here; finish_reason "length"). Given `tools` (and a `tool_choice` other than "none") while the
+word is a token here; finish_reason "length") and before the first `stop` string it meets (named in the
+choice's `stop_reason`, as vLLM does). Given `tools` (and a `tool_choice` other than "none") while the
 conversation ends with a user message, it calls the first tool (or the one `tool_choice` names) with
 `{"query": <the user's text>}`, finish_reason "tool_calls", the arguments streamed in two pieces; once the
 conversation ends with the tool's result, it answers "[model] tool said: <result>". `RECEIVED` counts the requests per model name, so a
@@ -89,6 +90,11 @@ async def chat(request: Request) -> Response:
     finish = "length" if limit is not None and len(text.split()) > limit else "stop"
     if finish == "length":
         text = " ".join(text.split()[:limit])
+    # Like vLLM: the answer ends before the first stop string it meets, named in the choice's `stop_reason`.
+    stops = [body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop") or []
+    met = min((s for s in stops if s in text), key=text.index, default=None)
+    if met is not None:
+        text, finish = text[: text.index(met)], "stop"
     created = int(time.time())
     if not body.get("stream"):
         payload = {
@@ -96,7 +102,8 @@ async def chat(request: Request) -> Response:
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                         "stop_reason": met}],
             "usage": _usage(body, text),
         }
         if "broken" in model:
@@ -110,7 +117,8 @@ async def chat(request: Request) -> Response:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                             **({"stop_reason": met} if finish else {})}] if usage is None else [],
             }
             if usage is not None:
                 data["usage"] = usage

@@ -223,6 +223,7 @@ def openai_completion(payload: dict[str, Any], record: DecisionRecord) -> dict[s
             "message": {k: v for k, v in c.get("message", {}).items() if k in _REPLY_KEYS},
             "finish_reason": c.get("finish_reason"),
             "logprobs": c.get("logprobs"),
+            **_stop_reason(c),
         }
         for i, c in enumerate(payload.get("choices", []))
     ]
@@ -235,6 +236,12 @@ def openai_completion(payload: dict[str, Any], record: DecisionRecord) -> dict[s
         "usage": openai_usage(payload.get("usage")),
         "system_fingerprint": payload.get("system_fingerprint"),
     }
+
+
+def _stop_reason(choice: Mapping[str, Any]) -> dict[str, Any]:
+    """vLLM's extension: the stop string (or token id) the answer ended on, kept for the client as vLLM sends it, and
+    for Anthropic's `stop_sequence` (gateway/messages/dialect.py)."""
+    return {"stop_reason": choice["stop_reason"]} if choice.get("stop_reason") is not None else {}
 
 
 def openai_usage(usage: Mapping[str, Any] | None) -> dict[str, int] | None:
@@ -252,6 +259,7 @@ def openai_chunk(chunk: Mapping[str, Any], stream_id: str, model: str) -> dict[s
             "delta": {k: v for k, v in (c.get("delta") or {}).items() if k in _REPLY_KEYS and v is not None},
             "finish_reason": c.get("finish_reason"),
             "logprobs": c.get("logprobs"),
+            **_stop_reason(c),
         }
         for c in chunk.get("choices", [])
         if c.get("delta") or c.get("finish_reason")

@@ -129,6 +129,20 @@ def test_max_tokens_is_the_stop_reason_when_reached(client: anthropic.Anthropic)
     assert message.content[0].text == "[echo-stem|STEM] Solve for"  # type: ignore[union-attr]
 
 
+def test_a_met_stop_sequence_is_named(client: anthropic.Anthropic) -> None:
+    """The expert names the stop string it met (vLLM's `stop_reason`), whole and streamed."""
+    message = client.messages.create(
+        model="moe-auto", max_tokens=50, stop_sequences=["never", "+ 7"], messages=[{"role": "user", "content": MATH_QUESTION}]
+    )
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "+ 7")
+    assert message.content[0].text == "[echo-stem|STEM] Solve for x: 3x "  # type: ignore[union-attr]
+    with client.messages.stream(
+        model="moe-auto", max_tokens=50, stop_sequences=["+ 7"], messages=[{"role": "user", "content": MATH_QUESTION}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "+ 7")
+
+
 def test_a_conversation_with_an_image_is_answered(client: anthropic.Anthropic) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
     message = client.messages.create(
