@@ -132,7 +132,8 @@ def test_max_tokens_is_the_stop_reason_when_reached(client: anthropic.Anthropic)
 def test_a_met_stop_sequence_is_named(client: anthropic.Anthropic) -> None:
     """The expert names the stop string it met (vLLM's `stop_reason`), whole and streamed."""
     message = client.messages.create(
-        model="moe-auto", max_tokens=50, stop_sequences=["never", "+ 7"], messages=[{"role": "user", "content": MATH_QUESTION}]
+        model="moe-auto", max_tokens=50, stop_sequences=["never", "+ 7"],
+        messages=[{"role": "user", "content": MATH_QUESTION}],
     )
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "+ 7")
     assert message.content[0].text == "[echo-stem|STEM] Solve for x: 3x "  # type: ignore[union-attr]
