@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -60,6 +61,40 @@ def test_openai_sdk_through_real_vllm(gateway: Gateway, sqlite_url: str) -> None
     rows = decisions(sqlite_url)
     assert [r.chosen_expert for r in rows] == ["stem", "humanities"]
     assert all(r.status == "ok" and r.completion_tokens and r.ttft_ms for r in rows)
+
+
+def test_every_protocol_streams_through_real_vllm(gateway: Gateway, sqlite_url: str) -> None:
+    """Responses, Anthropic Messages and legacy completions, each streamed through the router to the real expert."""
+    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    with client.responses.with_streaming_response.create(
+        model="moe-auto", input=MATH_QUESTION, max_output_tokens=24, temperature=0, stream=True
+    ) as response:
+        assert response.headers["x-moe-expert"] == "stem"
+        events = list(response.parse())
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text.strip() and events[-1].type in {"response.completed", "response.incomplete"}
+    assert events[-1].response.usage.output_tokens > 0
+
+    messages = anthropic.Anthropic(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    with messages.messages.stream(
+        model="moe-auto", max_tokens=24, messages=[{"role": "user", "content": HISTORY_QUESTION}]
+    ) as stream:
+        assert stream.response.headers["x-moe-expert"] == "humanities"
+        message = stream.get_final_message()
+    assert message.content[0].text.strip() and message.stop_reason in {"end_turn", "max_tokens"}  # type: ignore[union-attr]
+    assert message.usage.output_tokens > 0
+
+    with client.completions.with_streaming_response.create(
+        model="moe-auto", prompt=MATH_QUESTION, max_tokens=24, temperature=0, stream=True
+    ) as response:
+        assert response.headers["x-moe-expert"] == "stem"
+        chunks = list(response.parse())
+    assert "".join(c.choices[0].text for c in chunks if c.choices).strip()
+
+    wait_for(lambda: len(decisions(sqlite_url)) == 3, what="the three records")
+    rows = decisions(sqlite_url)
+    assert [r.chosen_expert for r in rows] == ["stem", "humanities", "stem"]
+    assert all(r.status == "ok" and r.stream and r.completion_tokens and r.ttft_ms for r in rows)
 
 
 def test_synthesis_streams_through_real_vllm(
