@@ -65,6 +65,7 @@ def running_gateway(config: GatewayConfig, database_url: str, workdir: Path, **s
     merged: dict[str, Any] = {
         "database_url": database_url,
         "moe_spill_dir": workdir / "spill",
+        "moe_files_dir": workdir / "files",  # Batch API uploads, outputs and journals
         "moe_health_interval_s": 0.5,
         "moe_log_flush_s": 0.05,
         **settings,

@@ -6,6 +6,7 @@ their own names; the gateway in front of it routes with the real embedding route
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,29 @@ def test_every_protocol_streams_through_real_vllm(gateway: Gateway, sqlite_url: 
     rows = decisions(sqlite_url)
     assert [r.chosen_expert for r in rows] == ["stem", "humanities", "stem"]
     assert all(r.status == "ok" and r.stream and r.completion_tokens and r.ttft_ms for r in rows)
+
+
+def test_a_batch_through_real_vllm(gateway: Gateway, sqlite_url: str) -> None:
+    """OpenAI's Batch API: uploaded, routed per line, answered by the real experts, read back by custom_id."""
+    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    lines = [
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "moe-auto", "messages": [{"role": "user", "content": question}], "max_tokens": 16}}
+        for custom_id, question in (("math", MATH_QUESTION), ("history", HISTORY_QUESTION))
+    ]
+    source = client.files.create(file=("in.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode()),
+                                 purpose="batch")
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", timeout_s=240, what="the batch")
+    done = client.batches.retrieve(batch.id)
+    assert done.output_file_id and done.request_counts and done.request_counts.completed == 2
+    answers = {
+        line["custom_id"]: line["response"]["body"]
+        for line in map(json.loads, client.files.content(done.output_file_id).text.splitlines())
+    }
+    assert {k: v["model"] for k, v in answers.items()} == {"math": "stem", "history": "humanities"}
+    assert all(v["choices"][0]["message"]["content"].strip() for v in answers.values())
+    wait_for(lambda: len(decisions(sqlite_url)) == 2, what="the two records")
 
 
 def test_synthesis_streams_through_real_vllm(
