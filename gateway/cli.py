@@ -241,14 +241,15 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
 def db_prune(
     older_than: Annotated[str | None, typer.Option(help="remove decisions older than this: 30d, 12h or 90m")] = None,
 ) -> None:
-    """Apply retention: remove decisions (with their expert calls and feedback) and dead letters older than AGE, and
-    clear the text of decisions older than their virtual model's `store_text.retention_days` (MOE_CONFIG)."""
+    """Apply retention: remove decisions (with their expert calls and feedback) and dead letters older than AGE, clear
+    the text of decisions older than their virtual model's `store_text.retention_days` (MOE_CONFIG), and remove stored
+    responses older than MOE_RESPONSES_RETENTION_DAYS (on every run)."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.decisions.log import make_engine
-    from migrations.retention import clear_text, parse_age, prune
+    from migrations.retention import clear_text, parse_age, prune, prune_responses
 
     try:
         age = parse_age(older_than) if older_than is not None else None
@@ -259,14 +260,11 @@ def db_prune(
     retention = {vm.name: now - timedelta(days=vm.store_text.retention_days)
                  for vm in _config_or_exit(settings).virtual_models
                  if vm.store_text is not None and vm.store_text.retention_days is not None}
-    if age is None and not retention:
-        console.print("[red]nothing to prune[/red]: give --older-than, or set a virtual model's "
-                      "store_text.retention_days in the config")
-        raise typer.Exit(2)
     engine = make_engine(settings.database_url)
     try:
         pruned = prune(engine, now - age) if age is not None else None
         cleared = clear_text(engine, retention)
+        responses = prune_responses(engine, now - timedelta(days=settings.moe_responses_retention_days))
     except SQLAlchemyError as exc:
         console.print(f"[red]database error[/red] on {_redact(settings.database_url)} "
                       f"(is it migrated? `moe db upgrade`): {type(exc).__name__}")
@@ -279,6 +277,8 @@ def db_prune(
     if retention:
         console.print(f"cleared the text of {cleared} decisions past their virtual model's retention "
                       f"({', '.join(sorted(retention))})")
+    console.print(f"removed {responses} stored responses older than {settings.moe_responses_retention_days} days "
+                  "(MOE_RESPONSES_RETENTION_DAYS)")
 
 
 @contextmanager

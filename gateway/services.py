@@ -1,6 +1,6 @@
 """The gateway's long-lived parts, built once: the routers, the decision log, expert health, the state shared in
-Redis, API keys, the expert pool and the chat service over them. The app (gateway/app.py) and `moe batch`
-(gateway/batch/runner.py) both build them here.
+Redis, API keys, the expert pool and the chat service over them, and the feedback and stored responses kept in the
+decision log's database. The app (gateway/app.py) and `moe batch` (gateway/batch/runner.py) both build them here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gateway.keys.rate_limit import RateLimiter
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import GatewayMetrics
 from gateway.reload import RouterReloader
+from gateway.responses.store import ResponseStore
 from gateway.settings import Settings
 from gateway.shared_state import SharedState
 from migrations.router_versions import RouterVersions
@@ -81,6 +82,7 @@ class Services:
     chat: ChatService
     reloader: RouterReloader
     feedback: FeedbackStore
+    responses: ResponseStore
 
     @classmethod
     def build(
@@ -117,7 +119,7 @@ class Services:
                            shadows=reloader.shadows, shadow_share=settings.moe_shadow_share, trials=reloader.trials,
                            log_prompts=settings.moe_log_prompts, tracer=tracer)
         return cls(config, serving_routers, decision_log, health, state, keys, pool, chat, reloader,
-                   FeedbackStore(decision_log.engine))
+                   FeedbackStore(decision_log.engine), ResponseStore(decision_log.engine))
 
     async def start(self, *, background: bool = True) -> None:
         """`background`: the health probes, the Redis watch, the key-spend writer and the router reload run too (a

@@ -51,3 +51,6 @@ class Settings(BaseSettings):
     )
     # OpenAI's own limit on a batch input file. An upload is also a request body: MOE_MAX_BODY_BYTES applies first.
     moe_max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="larger Batch API uploads get 413")
+    moe_responses_retention_days: int = Field(
+        30, gt=0, description="`moe db prune` removes stored responses (/v1/responses) older than this, as OpenAI does"
+    )

@@ -1,7 +1,7 @@
-"""Retention: the decision log's rows older than a cutoff removed, with their expert calls and feedback; and the text
-of decisions (prompt and answer) cleared past their virtual model's own retention, the rest of the row kept. Both
-in batches, each its own short transaction, so a gateway writing beside them never waits long. Router versions and
-API keys are kept."""
+"""Retention: the decision log's rows older than a cutoff removed, with their expert calls and feedback; the text
+of decisions (prompt and answer) cleared past their virtual model's own retention, the rest of the row kept; and
+stored responses (`POST /v1/responses`) older than theirs removed. All in batches, each its own short transaction, so
+a gateway writing beside them never waits long. Router versions and API keys are kept."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, select, update
 
-from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow, FeedbackRow
+from migrations.schema import DeadLetterRow, DecisionRow, ExpertCallRow, FeedbackRow, ResponseRow
 
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
@@ -57,15 +57,31 @@ def clear_text(engine: Engine, retention: Mapping[str, datetime], batch: int = 5
     for virtual_model, before in retention.items():
         while True:
             with engine.begin() as conn:
-                ids = list(conn.scalars(
-                    select(DecisionRow.id)
-                    .where(DecisionRow.virtual_model == virtual_model, DecisionRow.created_at < before,
-                           DecisionRow.prompt.is_not(None))
-                    .limit(batch)
-                ))
+                ids = list(
+                    conn.scalars(
+                        select(DecisionRow.id)
+                        .where(
+                            DecisionRow.virtual_model == virtual_model,
+                            DecisionRow.created_at < before,
+                            DecisionRow.prompt.is_not(None),
+                        )
+                        .limit(batch)
+                    )
+                )
                 if not ids:
                     break
                 cleared += conn.execute(
                     update(DecisionRow).where(DecisionRow.id.in_(ids)).values(prompt=None, answer=None)
                 ).rowcount
     return cleared
+
+
+def prune_responses(engine: Engine, before: datetime, batch: int = 5_000) -> int:
+    """Remove the stored responses made before `before` (found by `ix_responses_created_at`); how many."""
+    removed = 0
+    while True:
+        with engine.begin() as conn:
+            ids = list(conn.scalars(select(ResponseRow.id).where(ResponseRow.created_at < before).limit(batch)))
+            if not ids:
+                return removed
+            removed += conn.execute(delete(ResponseRow).where(ResponseRow.id.in_(ids))).rowcount

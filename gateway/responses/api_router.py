@@ -39,7 +39,7 @@ async def create_response(request: Request) -> Response:
     bodies: BodyReader = request.app.state.bodies
     body = await bodies.read(await request.body(), ResponsesRequest)
     services: Services = request.app.state.services
-    store = _store(services)
+    store = services.responses
     earlier: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         earlier = (await _owned(store, body.previous_response_id, key, param="previous_response_id")).messages
@@ -54,22 +54,17 @@ async def create_response(request: Request) -> Response:
 async def get_response(
     response_id: str, request: Request, key: Annotated[ApiKey | None, Depends(caller)]
 ) -> dict[str, Any]:
-    return (await _owned(_store(request.app.state.services), response_id, key)).response
+    return (await _owned(request.app.state.services.responses, response_id, key)).response
 
 
 @responses_routes.delete("/v1/responses/{response_id}")
 async def delete_response(
     response_id: str, request: Request, key: Annotated[ApiKey | None, Depends(caller)]
 ) -> DeletedResponse:
-    store = _store(request.app.state.services)
+    store: ResponseStore = request.app.state.services.responses
     await _owned(store, response_id, key)
     await _in_thread(store.delete, response_id)
     return DeletedResponse(id=response_id)
-
-
-def _store(services: Services) -> ResponseStore:
-    """The responses table, in the gateway's database (the decision log's)."""
-    return ResponseStore(services.decision_log.engine)
 
 
 async def _owned(

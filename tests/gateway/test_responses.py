@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,23 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, update
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from typer.testing import CliRunner
 
 from bench import upstream as scripted
 from bench.upstream import serve_in_thread
 from gateway.bodies import BodyError, read_body
 from gateway.chat.protocol import MAX_MESSAGES
+from gateway.cli import app as cli
 from gateway.errors import APIError
 from gateway.migrate import downgrade, upgrade
 from gateway.responses.protocol import ResponsesRequest
 from gateway.responses.translate import to_chat
+from migrations.schema import ResponseRow
 from tests.gateway.support import (
     HISTORY_QUESTION,
     MATH_QUESTION,
@@ -408,6 +412,27 @@ def test_store_continue_get_and_delete(client: openai.OpenAI, gateway: Gateway, 
     with pytest.raises(openai.NotFoundError):
         client.responses.delete(first.id)
     assert client.responses.retrieve(third.id).previous_response_id == second.id  # the others stay
+
+
+def test_a_response_past_its_retention_is_pruned_and_then_unknown(client: openai.OpenAI, database: str) -> None:
+    old = client.responses.create(model="general", input="Long ago.")
+    kept = client.responses.create(model="general", input="Just now.")
+    engine = create_engine(database)
+    with engine.begin() as conn:
+        conn.execute(
+            update(ResponseRow)
+            .where(ResponseRow.id == old.id)
+            .values(created_at=datetime.now(UTC) - timedelta(days=31))
+        )
+    engine.dispose()
+    pruned = CliRunner().invoke(cli, ["db", "prune"], env={"DATABASE_URL": database})
+    assert pruned.exit_code == 0 and "removed 1 stored responses" in pruned.output, pruned.output
+    with pytest.raises(openai.NotFoundError) as gone:
+        client.responses.retrieve(old.id)
+    assert gone.value.code == "response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="general", input="And then?", previous_response_id=old.id)
+    assert client.responses.retrieve(kept.id).output_text == kept.output_text
 
 
 def test_a_response_not_stored_cannot_be_found(client: openai.OpenAI) -> None:
