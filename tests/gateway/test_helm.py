@@ -93,6 +93,54 @@ def test_autoscaled_gateway_leaves_replicas_to_the_autoscaler() -> None:
     assert one(render({}), "Deployment", "gateway")["spec"]["replicas"] == 2
 
 
+def _files_volume(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The gateway pod's files volume, the gateway container's mount of it, and its plain-valued environment."""
+    spec = pod_spec(one(docs, "Deployment", "gateway"))
+    container = spec["containers"][0]
+    volume = next(v for v in spec["volumes"] if v["name"] == "files")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "files")
+    return volume, mount, {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_batch_files_live_on_a_claim_every_gateway_pod_mounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.settings import Settings
+
+    docs = render({})
+    volume, mount, env = _files_volume(docs)
+    claim = one(docs, "PersistentVolumeClaim", "gateway")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # both replicas mount it, wherever they run
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # users' files outlive the release
+    assert not mount.get("readOnly")
+    assert pod_spec(one(docs, "Deployment", "gateway"))["securityContext"]["fsGroup"] == 10001  # writable by the user
+    # The gateway reads the directory and the upload limit from the environment the chart sets.
+    for name in ("MOE_FILES_DIR", "MOE_MAX_FILE_BYTES"):
+        monkeypatch.setenv(name, env[name])
+    settings = Settings(_env_file=None)
+    assert settings.moe_files_dir == Path(mount["mountPath"])
+    assert settings.moe_max_file_bytes == 200 * 1024 * 1024
+    _, _, env = _files_volume(render({"gateway": {"maxFileBytes": 1_000_000_000}}))
+    assert env["MOE_MAX_FILE_BYTES"] == "1000000000"
+
+
+def test_batch_files_on_an_existing_claim_create_none() -> None:
+    docs = render({"gateway": {"files": {"existingClaim": "shared-files"}}})
+    volume, _, _ = _files_volume(docs)
+    assert volume["persistentVolumeClaim"]["claimName"] == "shared-files"
+    assert not find(docs, "PersistentVolumeClaim", "gateway")
+
+
+def test_batch_files_in_the_pod_only_with_one_replica() -> None:
+    docs = render({"gateway": {"replicas": 1, "files": {"persistent": False}}})
+    volume, mount, env = _files_volume(docs)
+    assert volume["emptyDir"] == {"sizeLimit": "10Gi"} and env["MOE_FILES_DIR"] == mount["mountPath"]
+    assert not find(docs, "PersistentVolumeClaim", "gateway")
+    for doc in docs:
+        if doc["kind"] not in CRD_VERSIONS:
+            validate(doc, K8S_VERSION, strict=True)
+
+
 def test_migrations_are_a_hook_and_serving_pods_never_migrate() -> None:
     docs = render({})
     job = one(docs, "Job", "migrations")
@@ -295,6 +343,16 @@ BAD_VALUES = {
     "bad-model-scheme": (_expert(model="s3://bucket/model"), "/experts/0/model"),
     "drain-outlasts-grace": ({"gateway": {"drainSeconds": 60}}, "must be longer than gateway.preStopSeconds + gateway.drainSeconds"),
     "pre-stop-and-drain-outlast-grace": ({"gateway": {"preStopSeconds": 20}}, "(45) must be longer than"),
+    "per-pod-files-with-replicas": ({"gateway": {"files": {"persistent": False}}},
+                                    "gateway.files.persistent: false gives each pod its own emptyDir"),
+    "per-pod-files-with-autoscaler": ({"gateway": {"replicas": 1, "files": {"persistent": False},
+                                                   "keda": {"enabled": True, "maxReplicas": 1}}},
+                                      "gateway.files.persistent: false gives each pod its own emptyDir"),
+    "one-node-files-with-replicas": ({"gateway": {"files": {"accessMode": "ReadWriteOnce"}}},
+                                     "gateway.files.accessMode ReadWriteOnce lets one node mount the files claim"),
+    "read-only-files": ({"gateway": {"files": {"accessMode": "ReadOnlyMany"}}}, "/gateway/files/accessMode"),
+    "files-claim-left-unmounted": ({"gateway": {"replicas": 1, "files": {"persistent": False, "existingClaim": "f"}}},
+                                   "gateway.files.existingClaim is not mounted"),
     "two-autoscalers": ({"gateway": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}}, "enable one"),
     "retrain-on-sqlite": ({"database": {"sqlite": {"enabled": True}}, "gateway": {"replicas": 1},
                            "retrain": {"enabled": True}}, "retrain.enabled needs PostgreSQL (database.sqlite.enabled: false)"),

@@ -61,6 +61,7 @@ moe.expert: {{ .expert.name }}
 
 {{/* Where the gateway's writable state lives (emptyDirs on a read-only root filesystem). */}}
 {{- define "moe.sqliteDir" -}}/var/lib/moe/data{{- end -}}
+{{- define "moe.filesDir" -}}/var/lib/moe/files{{- end -}}
 {{- define "moe.configPath" -}}/etc/moe/config.yaml{{- end -}}
 
 {{- define "moe.podSecurityContext" -}}
@@ -68,6 +69,8 @@ runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
 fsGroup: 10001
+# Ownership is fixed once, not walked file by file on every mount of a volume that keeps growing (the files PVC).
+fsGroupChangePolicy: OnRootMismatch
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
@@ -107,6 +110,19 @@ capabilities:
 - {{ .Files.Get "files/migrate.py" | quote }}
 - --wait-seconds
 - {{ .Values.migrations.waitSeconds | quote }}
+{{- end -}}
+
+{{/* The Batch API's files: the shared claim, or this pod's own emptyDir (one replica only, guarded). */}}
+{{- define "moe.filesVolume" -}}
+{{- with .Values.gateway.files }}
+- name: files
+  {{- if .persistent }}
+  persistentVolumeClaim:
+    claimName: {{ .existingClaim | default (printf "%s-files" (include "moe.fullname" $)) }}
+  {{- else }}
+  emptyDir: {sizeLimit: {{ .size }}}
+  {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "moe.routersVolume" -}}
