@@ -118,7 +118,9 @@ def values(image: str, upstream: str, port: int) -> dict[str, Any]:
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "secrets": {"existingSecret": SECRET},
         "redis": {"enabled": True},
-        "gateway": {"replicas": 1, "port": port, "drainSeconds": 5, "terminationGracePeriodSeconds": 15},
+        # One replica: Batch API files in the pod's own folder (no shared claim to stand in for).
+        "gateway": {"replicas": 1, "port": port, "drainSeconds": 5, "terminationGracePeriodSeconds": 15,
+                    "files": {"persistent": False}},
         # Exploration and kept text: what the retraining CronJob learns from, with the callers' feedback.
         "routing": {"routers": [{"name": "embedding", "artifact": "/app/var/routers/embedding-domain"}],
                     "virtualModels": [{"name": "moe-auto", "router": "embedding"},
@@ -248,7 +250,8 @@ def test_rendered_sqlite_gateway_migrates_in_its_pod_and_records_there(
     port = free_port()
     docs = render({**values(image, upstream, port), "secrets": {"existingSecret": ""}, "redis": {"enabled": False},
                    "database": {"sqlite": {"enabled": True, "existingClaim": "data"}},
-                   "gateway": {"replicas": 1, "port": port, "requireApiKey": False}, "retrain": {"enabled": False}})
+                   "gateway": {"replicas": 1, "port": port, "requireApiKey": False, "files": {"persistent": False}},
+                   "retrain": {"enabled": False}})
     assert not find(docs, "Job")  # the init container migrates instead
     data = tmp_path / "data"
     data.mkdir(mode=0o777)
