@@ -17,11 +17,19 @@ def overlay(path: Path | None) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) if path else {}
 
 
+def _rendered(values: dict[str, Any]) -> dict[str, str]:
+    return helm.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     """Every manifest the chart renders for `values` (hooks included), as parsed YAML documents."""
-    rendered = helm.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
+    return [doc for path, text in sorted(_rendered(values).items()) if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if doc]
+
+
+def notes(values: dict[str, Any]) -> str:
+    """What `helm install` prints after installing with `values` (NOTES.txt)."""
+    return next(text for path, text in _rendered(values).items() if path.endswith("/NOTES.txt"))
 
 
 def find(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> list[dict[str, Any]]:
