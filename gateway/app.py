@@ -31,6 +31,7 @@ from gateway.responses.api_router import responses_routes
 from gateway.responses.protocol import ResponsesRequest
 from gateway.services import Services, load_routers
 from gateway.settings import Settings
+from gateway.ui.api_router import ui_api_routes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -90,6 +91,7 @@ def create_app(
     app.include_router(feedback_routes)
     app.include_router(admin_routes)
     app.include_router(health_routes)
+    app.include_router(ui_api_routes)
 
     original_openapi = app.openapi
 

@@ -42,6 +42,13 @@ class DecisionRow(Base):
         # without reading the rows that keep none (most of them) or those it cleared already.
         Index("ix_decisions_text_kept", "virtual_model", "created_at", postgresql_where=text("prompt IS NOT NULL"),
               sqlite_where=text("prompt IS NOT NULL")),
+        # The dashboard's pages of decisions by tenant, chosen expert, status or router version, newest first
+        # (gateway/ui/queries.py): each walks its own index from its cursor, so a rare value among millions of rows
+        # costs what a common one does. They serve lookups by the column alone too.
+        Index("ix_decisions_tenant_created_at", "tenant", "created_at"),
+        Index("ix_decisions_chosen_expert_created_at", "chosen_expert", "created_at"),
+        Index("ix_decisions_status_created_at", "status", "created_at"),
+        Index("ix_decisions_router_version_created_at", "router_version", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -53,7 +60,7 @@ class DecisionRow(Base):
     router_version: Mapped[str | None] = mapped_column(String(100))
     ranked: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
     recruited: Mapped[list[str]] = mapped_column(Json, default=list)
-    chosen_expert: Mapped[str | None] = mapped_column(String(200), index=True)
+    chosen_expert: Mapped[str | None] = mapped_column(String(200))
     confidence: Mapped[float | None] = mapped_column(Float)
     # The probability with which the serving policy chose `chosen_expert` (1.0 without exploration), and whether
     # the choice was exploration: what off-policy estimates from the log need.
@@ -73,7 +80,7 @@ class DecisionRow(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     cache_hit: Mapped[bool | None] = mapped_column(Boolean)
-    status: Mapped[str] = mapped_column(String(40), index=True)
+    status: Mapped[str] = mapped_column(String(40))
     http_status: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
@@ -83,7 +90,7 @@ class DecisionRow(Base):
     answer: Mapped[str | None] = mapped_column(Text)
     # Who asked (null when API keys are not required). No foreign key: a log insert must never fail.
     api_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    tenant: Mapped[str | None] = mapped_column(String(200), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(200))
     calls: Mapped[list[ExpertCallRow]] = relationship(order_by="ExpertCallRow.attempt", lazy="selectin")
 
 
