@@ -32,6 +32,7 @@ from gateway.responses.protocol import ResponsesRequest
 from gateway.services import Services, load_routers
 from gateway.settings import Settings
 from gateway.ui.api_router import ui_api_routes
+from gateway.ui.pages import page_routes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(admin_routes)
     app.include_router(health_routes)
     app.include_router(ui_api_routes)
+    app.include_router(page_routes)
 
     original_openapi = app.openapi
 
