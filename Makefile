@@ -11,7 +11,7 @@ comma := ,
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup vllm router run test bench cold-start services image mutation
+.PHONY: setup vllm router run test bench cold-start services image chromium mutation
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -38,7 +38,13 @@ services:
 image: setup router
 	ROUTERS=var/routers TORCH_VERSION=$(TORCH_VERSION) bash scripts/image.sh
 
-test: setup vllm services image
+# Debian's Chromium, which the dashboard's browser tests drive headless (installed here if missing).
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	test -x /usr/bin/chromium || { $(AS_ROOT) apt-get update -qq && \
+		$(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: setup vllm services image chromium
 	$(PY) -m pytest -ra
 
 bench: setup router
