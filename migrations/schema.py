@@ -49,6 +49,9 @@ class DecisionRow(Base):
         Index("ix_decisions_chosen_expert_created_at", "chosen_expert", "created_at"),
         Index("ix_decisions_status_created_at", "status", "created_at"),
         Index("ix_decisions_router_version_created_at", "router_version", "created_at"),
+        # The decisions a shadow version also took, by time: its agreement over a window without reading the rest.
+        Index("ix_decisions_shadowed", "created_at", postgresql_where=text("shadow_version IS NOT NULL"),
+              sqlite_where=text("shadow_version IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ParamSpec, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.bodies import BodyReader
@@ -83,7 +83,8 @@ async def operator_caller(key: Annotated[ApiKey, Depends(dashboard_caller)]) -> 
 
 Key = Annotated[ApiKey, Depends(dashboard_caller)]
 Operator = Annotated[ApiKey, Depends(operator_caller)]
-Name = Annotated[str | None, Query(max_length=200)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL refuses the NUL character in text: a 400 here, not a database error
+Name = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 
 
 def _services(request: Request) -> Services:
@@ -136,7 +137,9 @@ async def decisions(
 
 
 @ui_api_routes.get("/decisions/{decision_id}")
-async def decision(decision_id: str, request: Request, key: Key) -> DecisionDetail:
+async def decision(
+    decision_id: Annotated[str, Path(max_length=36, pattern=NO_NUL)], request: Request, key: Key
+) -> DecisionDetail:
     services = _services(request)
     found = await _read(DecisionQueries(services.decision_log.engine).decision, decision_id, _scope(key))
     if found is None:
@@ -258,7 +261,9 @@ def _version_view(version: VersionInfo, shadowed: tuple[int, float] | None, requ
 
 
 @ui_api_routes.post("/routers/versions/{version_id}/promote")
-async def promote(version_id: int, request: Request, _: Operator) -> VersionChanged:
+async def promote(
+    version_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, _: Operator
+) -> VersionChanged:
     """As `moe router promote`: every replica serves (or shadows) the version within MOE_ROUTER_POLL_S."""
     bodies: BodyReader = request.app.state.bodies
     body = await bodies.read(await request.body(), PromoteRequest)
@@ -288,7 +293,7 @@ async def evaluation(request: Request, _: Operator, router: Name = None) -> Eval
     points, training/evaluate.py's {lambda, cost, accuracy}; [] when it keeps none), and its live operating point
     over the last STATS_WINDOW: cost per 1k requests and mean feedback score."""
     services = _services(request)
-    name = router or services.config.routers[0].name
+    name = router or next((rc.name for rc in services.config.routers), "")
     if name not in services.routers:
         raise APIError(404, f"No router `{name}` in the config.", param="router", code="router_not_found")
     served = services.routers[name]

@@ -125,7 +125,7 @@ class Cursor:
         """A ValueError for anything `encode` did not write."""
         moment, _, decision_id = urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode().partition(" ")
         created = datetime.fromisoformat(moment)
-        if not decision_id or created.tzinfo is None:
+        if not decision_id or "\x00" in decision_id or created.tzinfo is None:
             raise ValueError("not a cursor")
         return cls(created.astimezone(UTC), decision_id)
 

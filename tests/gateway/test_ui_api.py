@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import make_url
 
 from gateway.migrate import upgrade
+from gateway.ui.queries import Cursor
 from migrations.router_versions import RouterVersions
 from migrations.schema import DecisionRow, ExpertCallRow, FeedbackRow
 from tests.gateway.support import (
@@ -283,6 +284,8 @@ def test_pages_hold_every_decision_exactly_once(dashboard: Dashboard) -> None:
         ({"limit": 0}, "query.limit"),
         ({"limit": 201}, "query.limit"),
         ({"cursor": "x" * 500}, "query.cursor"),
+        ({"expert": "\x00"}, "query.expert"),  # PostgreSQL takes no NUL: refused before it reaches the database
+        ({"cursor": Cursor(datetime.now(UTC), "a\x00b").encode()}, "cursor"),
     ):
         refused = dash.get("/decisions", dash.admin, **params)
         assert refused.status_code == 400, params
@@ -325,6 +328,7 @@ def test_a_decisions_detail_has_its_expert_calls_and_feedback(dashboard: Dashboa
     assert [(row["id"], row["feedback"]) for row in listed] == [(decision_id, {"count": 2, "mean_score": 0.625})]
     missing = dash.get("/decisions/no-such-decision", dash.admin)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    assert dash.get(f"/decisions/{'x' * 37}", dash.admin).status_code == 400  # longer than any decision id
 
 
 # -- experts ------------------------------------------------------------------------------------------------------
@@ -417,6 +421,7 @@ def test_promote_and_revert_from_the_dashboard_change_the_version_served(
             (f"/routers/versions/{second.id}/promote", {"to": "retired"}, 400, "invalid_request"),
             (f"/routers/versions/{second.id}/promote", "not json", 400, "invalid_request"),
             ("/routers/versions/first/promote", {"to": "active"}, 400, "invalid_request"),
+            (f"/routers/versions/{2**63}/promote", {"to": "active"}, 400, "invalid_request"),
             ("/routers/no-such-router/revert", {}, 404, "router_not_found"),
         ):
             refused = dash.post(path, dash.admin, body)
