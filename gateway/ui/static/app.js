@@ -534,7 +534,7 @@ function metrics(m) {
   const entries = Object.entries(m).filter(([, v]) => typeof v === "number" || typeof v === "string");
   if (!entries.length) return el("span", { class: "muted" }, DASH);
   const value = (v) => (typeof v !== "number" ? v : Number.isInteger(v) ? count(v) : num(v, 3));
-  return el("span", { class: "metrics", title: JSON.stringify(m, null, 1) }, entries.slice(0, 8).map(([k, v]) =>
+  return el("span", { class: "metrics", title: JSON.stringify(m, null, 1) }, entries.slice(0, 6).map(([k, v]) =>
     el("span", { class: "metric" }, `${k.replaceAll("_", " ")} `, el("b", {}, value(v)))));
 }
 

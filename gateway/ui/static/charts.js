@@ -178,9 +178,10 @@ export function costQuality({ points, live, height = 420, title, costFormat }) {
   sorted.forEach((p, i) => {
     f.marks.append(tooltip(svg("circle", { cx: pts[i][0], cy: pts[i][1], r: 5, class: "dot curve" }),
       `${p.label}: ${costFormat(p.cost_per_1k)} per 1k, quality ${p.quality.toFixed(3)}`));
-    const nearRight = pts[i][0] > f.inner.right - 120; // labels near the right edge read leftwards
-    f.marks.append(text(pts[i][0] + (nearRight ? -8 : 8), pts[i][1] - 10, p.label,
-      { class: "point-label", "text-anchor": nearRight ? "end" : "start" }));
+    // Above and to the left, where a rising curve leaves room; rightwards only at the plot's left edge.
+    const leftwards = pts[i][0] > f.inner.left + 120;
+    f.marks.append(text(pts[i][0] + (leftwards ? -8 : 8), pts[i][1] - 10, p.label,
+      { class: "point-label", "text-anchor": leftwards ? "end" : "start" }));
   });
   if (live.cost_per_1k !== null) {
     const x = f.sx(live.cost_per_1k);
