@@ -124,11 +124,13 @@ class WindowStats:
             requests, usd = conn.execute(
                 select(func.count(), func.coalesce(func.sum(DecisionRow.cost_usd), 0.0)).where(*served)
             ).one()
+            # Feedback on a decision comes after it: bounding its own time too lets the planner start from the
+            # window's feedback (indexed by time) rather than from every decision of the window.
             quality = conn.execute(
                 select(func.avg(FeedbackRow.score))
                 .select_from(FeedbackRow)
                 .join(DecisionRow, DecisionRow.id == FeedbackRow.decision_id)
-                .where(*served)
+                .where(*served, FeedbackRow.created_at >= since)
             ).scalar()
         return LiveStats(requests, float(usd), None if quality is None else float(quality))
 
