@@ -169,10 +169,39 @@ async def test_the_413_is_json() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await BodyLimit(ReadsEverything(), 10)._reject(send)
+    await BodyLimit(ReadsEverything(), 10)._reject(send, "/v1/chat/completions", 10)
     headers = dict(sent[0]["headers"])
     assert sent[0]["status"] == 413 and headers[b"content-type"] == b"application/json"
     assert int(headers[b"content-length"]) == len(sent[1]["body"])
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_too_large"
+
+
+async def test_the_413_takes_the_protocols_shape_and_uploads_their_own_limit() -> None:
+    """Anthropic's endpoints answer in Anthropic's error shape; Batch API uploads are bounded by their own limit."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def answers(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limited = BodyLimit(answers, 10, uploads=("/v1/files", 1000))
+    declared = [(b"content-length", b"500")]
+    await limited({"type": "http", "path": "/v1/messages", "headers": declared}, receive, send)
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {"type": "error", "error": {
+        "type": "request_too_large", "message": "Request body exceeds the gateway's limit of 10 bytes."}}
+    sent.clear()
+    await limited({"type": "http", "path": "/v1/files", "headers": declared}, receive, send)
+    assert sent[0]["status"] != 413
+    sent.clear()
+    await limited({"type": "http", "path": "/v1/files", "headers": [(b"content-length", b"1001")]}, receive, send)
+    assert sent[0]["status"] == 413 and b"1000 bytes" in sent[1]["body"]
 
 
 def test_error_bodies_are_openai_shaped() -> None:
@@ -211,6 +240,6 @@ async def test_the_413_goes_out_as_soon_as_the_app_answers_not_when_it_returns()
     async def send(message: dict[str, Any]) -> None:
         outer.append(message)
 
-    await BodyLimit(app, LIMIT)({"type": "http", "headers": []}, receive, send)
+    await BodyLimit(app, LIMIT)({"type": "http", "path": "/v1/chat/completions", "headers": []}, receive, send)
     assert seen_when_answering == [[413]]
     assert [m["status"] for m in outer if m["type"] == "http.response.start"] == [413]
