@@ -7,16 +7,14 @@ Files and batches belong to the caller's tenant; another tenant's answer 404, as
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal, ParamSpec, TypeVar
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.batch.batches import BatchStore
 from gateway.batch.files import FileStore, Tenant, new_id, tenant_of
@@ -28,6 +26,7 @@ from gateway.keys.guard import BEARER_SECURITY, caller, metered_caller
 from gateway.keys.store import ApiKey
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.store_calls import StoreCalls
 from migrations.schema import BatchRow, FileRow
 
 log = logging.getLogger(__name__)
@@ -36,19 +35,11 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # what the gateway's ids look like; anyth
 ID = re.compile(ID_PATTERN)
 Caller = Annotated[ApiKey | None, Depends(caller)]
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
-async def _stored(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """A store call off the event loop; a database failure becomes an OpenAI-shaped 503."""
-    try:
-        return await asyncio.to_thread(call, *args, **kwargs)
-    except SQLAlchemyError as exc:
-        log.warning("batch api: database unavailable (%s)", type(exc).__name__)
-        raise APIError(
-            503, "Files and batches cannot be read or changed right now; retry shortly.", code="batch_store_unavailable"
-        ) from None
+_stored = StoreCalls(
+    "batch api", "Files and batches cannot be read or changed right now; retry shortly.", "batch_store_unavailable"
+)
 
 
 def batch_routes(settings: Settings) -> APIRouter:

@@ -18,38 +18,30 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Annotated, Literal, ParamSpec, TypeVar
+from typing import Annotated, Literal
 
 from cachetools import LRUCache, TTLCache
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.decisions.record import DecisionRecord
 from gateway.errors import APIError
 from gateway.keys.rate_limit import RateLimiter
 from gateway.keys.store import ApiKey, CreatedKey, KeyStore, NewKey, hash_key
+from gateway.store_calls import StoreCalls
 
 log = logging.getLogger(__name__)
 
 SPEND_WRITE_S = 1.0  # how often accumulated spend is written to the database
 MAX_CACHED = 10_000  # looked-up keys kept in memory, unknown ones included (so random keys cannot flood the DB)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
-async def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """A KeyStore call off the event loop; a database failure becomes an OpenAI-shaped 503."""
-    try:
-        return await asyncio.to_thread(call, *args, **kwargs)
-    except SQLAlchemyError as exc:
-        log.warning("api keys: database unavailable (%s)", type(exc).__name__)
-        raise APIError(503, "API keys cannot be read or changed right now; retry shortly.",
-                       code="key_store_unavailable") from None
+_in_thread = StoreCalls(
+    "api keys", "API keys cannot be read or changed right now; retry shortly.", "key_store_unavailable"
+)
 
 
 class KeyGuard:

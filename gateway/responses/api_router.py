@@ -4,14 +4,10 @@ its tenant only, and anyone else's, like an unknown id, answers 404."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.bodies import BodyReader, json_body
 from gateway.errors import APIError
@@ -22,12 +18,10 @@ from gateway.responses.protocol import DeletedResponse, ResponsesRequest
 from gateway.responses.store import ResponseStore, StoredResponse, visible_to
 from gateway.responses.translate import to_chat
 from gateway.services import Services
+from gateway.store_calls import StoreCalls
 
-log = logging.getLogger(__name__)
 responses_routes = APIRouter()
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 # The body is read by gateway/bodies.py, as chat's is (see gateway/chat/api_router.py).
@@ -76,15 +70,6 @@ async def _owned(
     return stored
 
 
-async def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """A ResponseStore call off the event loop; a database failure becomes a 503."""
-    try:
-        return await asyncio.to_thread(call, *args, **kwargs)
-    except SQLAlchemyError as exc:
-        log.warning("responses: database unavailable (%s)", type(exc).__name__)
-        raise APIError(
-            503,
-            "Stored responses cannot be read right now; retry shortly.",
-            code="response_store_unavailable",
-            headers={"retry-after": "1"},
-        ) from None
+_in_thread = StoreCalls(
+    "responses", "Stored responses cannot be read right now; retry shortly.", "response_store_unavailable"
+)

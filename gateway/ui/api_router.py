@@ -9,21 +9,18 @@ that does not answer is a 503 in OpenAI's shape.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.bodies import BodyReader
 from gateway.errors import APIError
 from gateway.keys.guard import KeyGuard, presented_key
 from gateway.keys.store import ApiKey
 from gateway.services import Services
+from gateway.store_calls import StoreCalls
 from gateway.ui.protocol import (
     ABStats,
     Caller,
@@ -49,25 +46,15 @@ from gateway.ui.queries import Cursor, DecisionFilter, DecisionQueries
 from gateway.ui.stats import WindowStats
 from migrations.router_versions import RouterVersions, VersionError, VersionInfo
 
-log = logging.getLogger(__name__)
-
 STATS_WINDOW = timedelta(hours=24)  # shadow agreement, A/B traffic and the live operating point
 COST_BUCKETS = 30  # intervals of the experts' cost over time
 MAX_BUCKETS = 2_000  # intervals one feedback chart may ask for
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
-async def _read(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """A blocking database call off the event loop; a database failure becomes an OpenAI-shaped 503."""
-    try:
-        return await asyncio.to_thread(call, *args, **kwargs)
-    except SQLAlchemyError as exc:
-        log.warning("dashboard: database unavailable (%s)", type(exc).__name__)
-        raise APIError(
-            503, "The decision log cannot be read right now; retry shortly.", code="decision_log_unavailable"
-        ) from None
+_read = StoreCalls(
+    "dashboard", "The decision log cannot be read right now; retry shortly.", "decision_log_unavailable"
+)
 
 
 async def dashboard_caller(request: Request) -> ApiKey:
