@@ -1,9 +1,12 @@
 """What the gateway's test files import: questions, configs, a running gateway, the real databases' URLs,
-reading the decision log, waiting for a condition. The fixtures built on these are in conftest.py."""
+reading the decision log, waiting for a condition, issuing a key, a router artifact under another version. The
+fixtures built on these are in conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +21,8 @@ from sqlalchemy.orm import Session
 from bench.upstream import free_port, serve_in_thread
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.decisions.log import make_engine
+from gateway.keys.store import CreatedKey, KeyStore, NewKey
 from gateway.migrate import upgrade
 from gateway.settings import Settings
 from migrations.schema import DecisionRow
@@ -109,3 +114,19 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str =
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def issue_key(database_url: str, *, name: str = "test", tenant: str = "acme", **limits: Any) -> CreatedKey:
+    engine = make_engine(database_url)
+    try:
+        return KeyStore(engine).create(NewKey(name=name, tenant=tenant, **limits))
+    finally:
+        engine.dispose()
+
+
+def retagged(artifact: Path, directory: Path, version: str) -> Path:
+    """The same trained router under another version string: a new version the router header tells apart."""
+    shutil.copytree(artifact, directory)
+    manifest = json.loads((directory / "router.json").read_text())
+    (directory / "router.json").write_text(json.dumps({**manifest, "version": version}))
+    return directory

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from gateway.cli import app as cli
-from gateway.decisions.log import make_engine
-from gateway.keys.store import SHOWN_CHARS, CreatedKey, KeyStore, NewKey, hash_key
+from gateway.keys.store import SHOWN_CHARS, hash_key
 from gateway.migrate import alembic_config, downgrade, upgrade
 from migrations.schema import ApiKeyRow
 from tests.gateway.support import (
@@ -28,6 +27,7 @@ from tests.gateway.support import (
     Gateway,
     decisions,
     fresh_redis_db,
+    issue_key,
     routed_config,
     running_gateway,
     wait_for,
@@ -35,14 +35,6 @@ from tests.gateway.support import (
 from tests.gateway.tcp_proxy import tcp_proxy
 
 REDIS_DB = 11  # shared with tests/gateway/test_rate_limit.py, emptied per test
-
-
-def issue_key(database_url: str, *, name: str = "test", tenant: str = "acme", **limits: Any) -> CreatedKey:
-    engine = make_engine(database_url)
-    try:
-        return KeyStore(engine).create(NewKey(name=name, tenant=tenant, **limits))
-    finally:
-        engine.dispose()
 
 
 def key_rows(database_url: str) -> list[ApiKeyRow]:

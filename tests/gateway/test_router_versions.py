@@ -4,7 +4,6 @@ served by every gateway replica within a poll, without a restart and without a f
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,7 @@ from typer.testing import CliRunner
 from gateway.cli import app as cli
 from gateway.migrate import upgrade
 from migrations.router_versions import RouterVersions, VersionError, pack, unpack
-from tests.gateway.support import MATH_QUESTION, decisions, routed_config, running_gateway, wait_for
-
-
-def retagged(artifact: Path, directory: Path, version: str) -> Path:
-    """The same trained router under another version string: a new version the router header tells apart."""
-    shutil.copytree(artifact, directory)
-    manifest = json.loads((directory / "router.json").read_text())
-    (directory / "router.json").write_text(json.dumps({**manifest, "version": version}))
-    return directory
+from tests.gateway.support import MATH_QUESTION, decisions, retagged, routed_config, running_gateway, wait_for
 
 
 def moe_router(*args: str, database_url: str) -> Any:
