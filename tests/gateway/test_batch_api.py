@@ -23,12 +23,12 @@ from tests.gateway.support import (
     Gateway,
     decisions,
     expert,
+    issue_key,
     routed_config,
     rows,
     running_gateway,
     wait_for,
 )
-from tests.gateway.test_api_keys import issue_key
 from tests.gateway.test_batch import envelope, recording_upstream
 
 DONE = ("completed", "failed", "cancelled")

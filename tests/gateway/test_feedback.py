@@ -13,8 +13,16 @@ import pytest
 from gateway.config import GatewayConfig
 from migrations.schema import FeedbackRow
 from routers.exploration import Choice, choose
-from tests.gateway.support import MATH_QUESTION, Gateway, decisions, routed_config, rows, running_gateway, wait_for
-from tests.gateway.test_api_keys import issue_key
+from tests.gateway.support import (
+    MATH_QUESTION,
+    Gateway,
+    decisions,
+    issue_key,
+    routed_config,
+    rows,
+    running_gateway,
+    wait_for,
+)
 
 
 def feedback_rows(database_url: str) -> list[FeedbackRow]:

@@ -20,8 +20,7 @@ from gateway.cli import app as cli
 from gateway.config import GatewayConfig
 from gateway.migrate import upgrade
 from migrations.router_versions import RouterVersions
-from tests.gateway.support import Gateway, decisions, running_gateway, wait_for
-from tests.gateway.test_api_keys import issue_key
+from tests.gateway.support import Gateway, decisions, issue_key, running_gateway, wait_for
 from tests.training.test_retrain import EXPERTS, PRICES, TRUTH, jsonl, question
 from training.train import train_router
 

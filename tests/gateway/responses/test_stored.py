@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from gateway.cli import app as cli
 from migrations.schema import ResponseRow
-from tests.gateway.support import Gateway, expert, routed_config, running_gateway
-from tests.gateway.test_api_keys import issue_key
+from tests.gateway.support import Gateway, expert, issue_key, routed_config, running_gateway
 
 
 # -- stored responses ----------------------------------------------------------------------------------------------
