@@ -57,7 +57,8 @@ def train(
     ] = DEFAULT_KIND,
     config: Annotated[Path | None, typer.Option(help="YAML whose `experts:` the router routes between")] = None,
 ) -> None:
-    """Train on a dataset's train split, evaluate on dev, save router.json and the model files."""
+    """Train on a dataset's train split, evaluate on dev, keep its cost-quality frontier on test (the dashboard plots
+    it), save router.json and the model files."""
     import importlib.util
 
     from training.train import DEFAULT_CONFIG, train_router
@@ -88,8 +89,21 @@ def train(
     table.add_row("data hash", manifest.data_hash)
     for metric, value in manifest.metrics.items():
         table.add_row(metric, f"{value:.4f}" if not float(value).is_integer() else f"{value:.0f}")
+    table.add_row("cost-quality", _frontier_summary(manifest.params))
     table.add_row("seconds", f"{result.seconds:.1f}")
     console.print(table)
+
+
+def _frontier_summary(params: dict[str, Any]) -> str:
+    points = params.get("cost_quality")
+    if not points:
+        return "none kept: no held-out split of the data scores the experts it routes between"
+    cheapest, dearest = points[0], points[-1]
+    return (
+        f"{len(points)} frontier points on the {params['cost_quality_split']} split, accuracy "
+        f"{cheapest['accuracy']:.3f} at ${cheapest['cost']:.4f} to {dearest['accuracy']:.3f} at ${dearest['cost']:.4f} "
+        "per 1k queries"
+    )
 
 
 @app.command("eval")

@@ -273,6 +273,39 @@ def evaluate(
     }
 
 
+def kept_frontier(points: Sequence[dict[str, float]], split: str) -> dict[str, Any]:
+    """A candidate's `frontier` (from `evaluate`) as a router manifest keeps it in `params`, for the dashboard's
+    cost-quality plot: lam and cost (USD per 1k queries, what the dashboard plots, as `cost_quality_unit` says) to 4
+    significant digits, accuracy to 4 decimals, thinned again so rounding leaves no tie."""
+    rounded = [Setting(_digits(p["lambda"]), _digits(p["cost"]), round(p["accuracy"], 4)) for p in points]
+    return {
+        "cost_quality": [s.to_json() for s in frontier(rounded)],
+        "cost_quality_split": split,
+        "cost_quality_unit": "USD per 1k queries",
+    }
+
+
+def _digits(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def router_frontier(router: Router, held_out: RoutingDataset, train: RoutingDataset, split: str) -> dict[str, Any]:
+    """`kept_frontier` of a freshly trained router replayed on `held_out` (rows of `split`; a router without
+    measured costs is credited with `train`'s mean cost per expert); {} when `held_out` is empty or does not score
+    every expert the router routes between (embedding-domain routes between a config's experts, not the data's)."""
+    if not len(held_out):
+        return {}
+    cost = mean_cost_of([expert.name for expert in router.experts], train)
+    report = evaluate([RouterCandidate(router, cost)], held_out, latency_queries=0)
+    return kept_frontier(report["candidates"][0]["frontier"], split) if report["candidates"] else {}
+
+
+def mean_cost_of(experts: Sequence[str], data: RoutingDataset) -> np.ndarray:
+    """`data`'s mean cost of an answer by each of `experts`, 0 for one it does not score (e.g. no rows)."""
+    mean = data.mean_cost() if len(data) else np.zeros(len(data.experts))
+    return np.array([mean[data.experts.index(name)] if name in data.experts else 0.0 for name in experts])
+
+
 def overall_frontier(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The non-dominated settings over every non-reference candidate, each labelled with its candidate."""
     labelled = [
@@ -351,7 +384,7 @@ def load_router_candidates(
     `data`'s experts (e.g. embedding-domain, which routes between config experts) are skipped unloaded."""
     from routers import ExpertProfile, Manifest, load_router
 
-    train_cost = data.of_split("train").mean_cost() if (data.split == "train").any() else data.mean_cost()
+    priced = data.of_split("train") if (data.split == "train").any() else data
     loaded, skipped = [], []
     for directory in directories:
         manifest = Manifest.read(directory)
@@ -359,8 +392,7 @@ def load_router_candidates(
             skipped.append({"name": directory.name, "experts": manifest.experts})
             continue
         router = load_router(directory, [ExpertProfile(name) for name in manifest.experts])
-        cost = np.array([train_cost[data.experts.index(n)] if n in data.experts else 0.0 for n in manifest.experts])
-        loaded.append(RouterCandidate(router, cost, label=directory.name))
+        loaded.append(RouterCandidate(router, mean_cost_of(manifest.experts, priced), label=directory.name))
     return loaded, skipped
 
 

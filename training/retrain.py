@@ -10,8 +10,9 @@
 4. Value it off-policy on the held-out rows of the log (training/offpolicy.py: SNIPS and doubly robust, the
    candidate's own quality predictions as the reward model), and the parent (the router's active version, else the
    config's artifact) the same way, so a gate can ask for a gain; replay both on the base data's test split.
-5. Write the artifact (router.json records the parent, the window, the record count, the data hash and the
-   metrics) into a temporary directory renamed into place at the end, and register it as a candidate version.
+5. Write the artifact (router.json records the parent, the window, the record count, the data hash, the metrics
+   and the candidate's cost-quality frontier on the base data's test split) into a temporary directory renamed
+   into place at the end, and register it as a candidate version.
 
 The data hash covers the rows and the options that shape the model, and names the version (`retrain-<hash>`): a
 rerun on the same data finds the version it made and changes nothing.
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -166,8 +168,12 @@ def retrain(request: RetrainRequest, on_start: OnStart = _noop) -> RetrainResult
         assert candidate.manifest is not None
         metrics = {"n_records": float(len(log)), "train_seconds": time.perf_counter() - started,
                    **holdout_metrics(candidate, parent, log.part("holdout"), on_start)}
+        # The held-out log rows know only the chosen expert's reward and cost: no curve can be drawn from them, so
+        # a candidate retrained without base data (or with none of it in a test split) keeps no cost-quality curve.
         if base is not None and (base.split == "test").any():
-            metrics.update(replay_metrics(candidate, parent, base.of_split("test"), on_start))
+            replayed, curve = replay_metrics(candidate, parent, base.of_split("test"), on_start)
+            metrics.update(replayed)
+            candidate.manifest.params.update(curve)
     manifest = candidate.manifest
     manifest.version, manifest.data_hash = version, fingerprint
     manifest.metrics.update(metrics)
@@ -312,22 +318,28 @@ def routing_latency(router: Router, texts: Sequence[str], on_start: OnStart) -> 
     return {"routing_p50_ms": float(np.percentile(elapsed, 50)), "routing_p95_ms": float(np.percentile(elapsed, 95))}
 
 
-def replay_metrics(candidate: Router, parent: Parent | None, test: RoutingDataset, on_start: OnStart) -> dict[str, float]:
+def replay_metrics(
+    candidate: Router, parent: Parent | None, test: RoutingDataset, on_start: OnStart
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Best accuracy and area under the cost-quality curve on the base data's test split (training/evaluate.py),
-    the candidate's and, when it routes between the same experts, the parent's."""
-    from training.evaluate import RouterCandidate, evaluate
+    the candidate's and, when it routes between the same experts, the parent's; and the candidate's frontier as its
+    manifest keeps it (`kept_frontier`: the dashboard's cost-quality plot)."""
+    from training.evaluate import RouterCandidate, evaluate, kept_frontier
 
     routers = [("base_test", candidate)] + ([("parent_base_test", parent.router)] if parent else [])
     runs = [RouterCandidate(router, test.mean_cost(), label=prefix) for prefix, router in routers]
     report = evaluate(runs, test, latency_queries=0, on_start=on_start)
     metrics: dict[str, float] = {}
+    curve: dict[str, Any] = {}
     for result in report["candidates"]:
         metrics[f"{result['name']}_accuracy"] = float(result["max_accuracy"])
         metrics[f"{result['name']}_auc"] = float(result["auc"])
+        if result["name"] == "base_test":
+            curve = kept_frontier(result["frontier"], "test")
     if "parent_base_test_auc" in metrics:
         for name in ("accuracy", "auc"):
             metrics[f"base_test_{name}_change"] = metrics[f"base_test_{name}"] - metrics[f"parent_base_test_{name}"]
-    return metrics
+    return metrics, curve
 
 
 def _save_whole(router: Router, out: Path) -> None:

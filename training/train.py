@@ -1,5 +1,5 @@
 """Train a router on a RoutingDataset's train split (the MMLU-Pro pool by default), tune and score it
-on dev, write its versioned artifact.
+on dev, replay it on test for its cost-quality frontier, write its versioned artifact.
 
 Needs no gateway code: one `Router.fit(train, dev, **params)` for every family. embedding-domain routes
 between the `experts:` of a config YAML read here, the other families between the experts the dataset scores.
@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -20,6 +21,7 @@ from routers.dataset import RoutingDataset
 from routers.features import DEFAULT_KIND
 from routers.quality import profiles_of
 from training.dataset import load_dataset
+from training.evaluate import router_frontier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "gateway" / "default.yaml"
 
@@ -88,5 +90,20 @@ def train_router(
         dev = dev.subset(stratified_sample(dev.domains, limit))
     profiles = load_expert_profiles(config) if cls.experts_from_config else profiles_of(train)
     router = cls(profiles).fit(train, dev, features=features)
+    assert router.manifest is not None
+    router.manifest.params.update(cost_quality(router, data, train, dev, limit))
     router.save(out)
     return TrainResult(router, out, time.perf_counter() - started)
+
+
+def cost_quality(
+    router: Router, data: RoutingDataset, train: RoutingDataset, dev: RoutingDataset, limit: int | None
+) -> dict[str, Any]:
+    """The router's cost-quality frontier replayed on the data's test split (`limit` questions of it, like the
+    other splits), or on dev when the data has none: what the dashboard plots for the version."""
+    if not (data.split == "test").any():
+        return router_frontier(router, dev, train, "dev")
+    test = data.of_split("test")
+    if limit is not None:
+        test = test.subset(stratified_sample(test.domains, limit))
+    return router_frontier(router, test, train, "test")

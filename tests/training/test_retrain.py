@@ -21,7 +21,10 @@ from migrations.router_versions import RouterVersions
 from migrations.schema import Base, DecisionRow, FeedbackRow
 from routers import ExpertProfile, Manifest, load_router
 from routers.exploration import choose
+from tests.training.test_train import assert_monotone_frontier
 from training.cli import app
+from training.dataset import load_dataset
+from training.evaluate import evaluate, kept_frontier, load_router_candidates
 from training.retrain import RetrainError, RetrainRequest, retrain
 
 EXPERTS = ("maths", "prose")
@@ -156,6 +159,14 @@ def test_retrain_learns_from_bandit_feedback_and_a_rerun_changes_nothing(bandit:
     assert metrics["offpolicy_gain_dr"] > 3 * metrics["offpolicy_gain_dr_stderr"] > 0
     assert metrics["base_test_accuracy_change"] > 0.3
     assert 0.3 < metrics["expert_share_max"] < 0.7 and metrics["routing_p95_ms"] > 0
+    # The candidate's own frontier on the base data's test split, kept for the dashboard's cost-quality plot.
+    assert manifest.params["cost_quality_split"] == "test"
+    assert_monotone_frontier(manifest.params["cost_quality"])
+    base = load_dataset(str(bandit["base"]))
+    replayed = evaluate(load_router_candidates([out], base)[0], base.of_split("test"), latency_queries=0)
+    curve = manifest.params["cost_quality"]
+    assert curve == kept_frontier(replayed["candidates"][0]["frontier"], "test")["cost_quality"]
+    assert max(p["accuracy"] for p in curve) == pytest.approx(metrics["base_test_accuracy"], abs=1e-4)
 
     router = load_router(out, [ExpertProfile(e, price_per_mtok=PRICES[e]) for e in EXPERTS])
     for kind in EXPERTS:
@@ -165,6 +176,13 @@ def test_retrain_learns_from_bandit_feedback_and_a_rerun_changes_nothing(bandit:
     assert code == 0, output
     assert "already retrained from the same data" in output and f"version {candidate.id} " in output
     assert [v.id for v in versions.list("pool")] == [bandit["parent_id"], candidate.id]
+
+    # Without base data only the log's chosen answers are known: no cost-quality curve to keep.
+    unbased = retrain(RetrainRequest(router="pool", out=tmp_path / "unbased", database_url=bandit["url"],
+                                     config=bandit["config"], since=START - timedelta(days=1), sources=("judge",),
+                                     register=False))
+    assert not {"cost_quality", "cost_quality_split"} & set(unbased.manifest.params)
+    assert "base_test_auc" not in unbased.manifest.metrics
 
 
 def test_a_crash_leaves_no_partial_version(bandit: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
