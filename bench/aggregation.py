@@ -29,7 +29,7 @@ from bench.harness import BEST_SINGLE as BEST
 from bench.harness import ROOT, SMALL_EXPERTS, command_line
 from routers.encoder import cached_embeddings
 from training import aggregation as agg
-from training.evaluate import draw_singles
+from training.evaluation_plot import draw_singles
 from training.pool import load_pool
 
 # Issue 4 targets: small experts >= 0.475 below half of the best single's cost; all seven match the

@@ -38,7 +38,8 @@ from bench.harness import POOL_SCENARIOS, ROOT, command_line, machine
 from routers.dataset import RoutingDataset
 from training.baselines import BASELINES
 from training.dataset import load_dataset
-from training.evaluate import plot, run_scenario, summary_table
+from training.evaluate import run_scenario, summary_table
+from training.evaluation_plot import plot
 
 console = Console(width=160)
 # Report key -> the pool scenario it replays (`cost`: all seven, where the cost target is checked).

@@ -128,7 +128,8 @@ def eval_(
     import sys
 
     from training.dataset import load_dataset
-    from training.evaluate import plot, run_scenario, summary_table
+    from training.evaluate import run_scenario, summary_table
+    from training.evaluation_plot import plot
 
     dataset = load_dataset(data)
     if experts:
