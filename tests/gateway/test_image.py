@@ -1,4 +1,4 @@
-"""Render, then run: the chart's migrations Job, gateway Deployment and retraining CronJob, run as rendered
+"""Render, then run: the chart's migrations Job, gateway Deployment, retraining and retention CronJobs, run as rendered
 (command, arguments, environment, user, read-only root, volumes) in the gateway image with podman, against
 the real PostgreSQL and Redis and a scripted expert. A chart whose commands, ports, paths or environment
 drift from the CLI fails here. The image comes from `make image` (scripts/image.sh)."""
@@ -217,13 +217,19 @@ def test_rendered_jobs_and_gateway_run_in_the_image(
         while _kept_text(engine) < 60:
             assert time.monotonic() < deadline, "the decisions and their text were not written"
             time.sleep(0.2)
-        cron = pod_spec(one(docs, "CronJob"))
+        cron = pod_spec(one(docs, "CronJob", "retrain"))
         done = podman("run", "--rm", *cluster.run_args(cron, cron["containers"][0]), timeout=420, check=False)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         active = versions.serving("embedding")["active"]
         engine.dispose()
         assert active is not None and active.version.startswith("retrain-") and active.family == "reward-distilled"
         assert active.metrics["n_records"] == 60
+
+        # 4. The retention CronJob: `moe db prune` in the image, with the gateway's config and database.
+        prune = pod_spec(one(docs, "CronJob", "retention"))
+        pruned = podman("run", "--rm", *cluster.run_args(prune, prune["containers"][0]), timeout=120, check=False)
+        assert pruned.returncode == 0, pruned.stdout[-3000:] + pruned.stderr[-3000:]
+        assert "removed 0 stored responses older than 30 days" in pruned.stdout + pruned.stderr
 
 
 def _kept_text(engine: Engine) -> int:
