@@ -34,33 +34,33 @@ Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 
 
-class _Wire(BaseModel):
+class Wire(BaseModel):
     # Unknown fields are tolerated (SDKs add new ones often) but never forwarded upstream. Strict: `true` is no
     # number and `1` no string (a JSON integer still counts as a float).
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class TextPart(_Wire):
+class TextPart(Wire):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Wire):
+class ImageURL(Wire):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Wire):
+class ImagePart(Wire):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class InputAudio(_Wire):
+class InputAudio(Wire):
     data: str
     format: str
 
 
-class AudioPart(_Wire):
+class AudioPart(Wire):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
@@ -70,30 +70,30 @@ Content = str | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)
 TextParts = Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)]
 
 
-class FunctionCall(_Wire):
+class FunctionCall(Wire):
     name: Name
     arguments: str
 
 
-class ToolCall(_Wire):
+class ToolCall(Wire):
     id: str = Field(max_length=MAX_ID)
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class SystemMessage(_Wire):
+class SystemMessage(Wire):
     role: Literal["system", "developer"]
     content: str | TextParts
     name: Name | None = None
 
 
-class UserMessage(_Wire):
+class UserMessage(Wire):
     role: Literal["user"]
     content: Content
     name: Name | None = None
 
 
-class AssistantMessage(_Wire):
+class AssistantMessage(Wire):
     role: Literal["assistant"]
     content: str | TextParts | None = None
     name: Name | None = None
@@ -106,7 +106,7 @@ class AssistantMessage(_Wire):
         return self
 
 
-class ToolMessage(_Wire):
+class ToolMessage(Wire):
     role: Literal["tool"]
     content: str | TextParts
     tool_call_id: str = Field(max_length=MAX_ID)
@@ -115,28 +115,28 @@ class ToolMessage(_Wire):
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
-class FunctionDefinition(_Wire):
+class FunctionDefinition(Wire):
     name: Name
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Wire):
+class Tool(Wire):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class StreamOptions(_Wire):
+class StreamOptions(Wire):
     include_usage: bool = False
 
 
-class ResponseFormat(_Wire):
+class ResponseFormat(Wire):
     model_config = ConfigDict(extra="allow")  # json_schema payloads are forwarded whole
     type: Literal["text", "json_object", "json_schema"]
 
 
-class ChatCompletionRequest(_Wire):
+class ChatCompletionRequest(Wire):
     model: str = Field(min_length=1, max_length=MAX_MODEL)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(None, ge=0, le=2)

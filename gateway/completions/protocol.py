@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from gateway.chat.protocol import MAX_ID, MAX_LOGIT_BIAS, MAX_MODEL, MAX_STOP, Int64, StreamOptions, _Wire, openai_usage
+from gateway.chat.protocol import MAX_ID, MAX_LOGIT_BIAS, MAX_MODEL, MAX_STOP, Int64, StreamOptions, Wire, openai_usage
 
 # Each prompt is routed and answered as a request of its own (see gateway/completions/api_router.py), so a list
 # costs as many expert calls as it has prompts; the Batch API is the way to send more.
@@ -25,7 +25,7 @@ TokenIds = Annotated[list[Int64], Field(min_length=1)]  # as long as the body's 
 TokenPrompts = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
 
 
-class CompletionRequest(_Wire):
+class CompletionRequest(Wire):
     model: str = Field(min_length=1, max_length=MAX_MODEL)
     prompt: str | Prompts | TokenIds | TokenPrompts
     max_tokens: int | None = Field(16, ge=1, lt=2**31)  # OpenAI's default; null: as many as the expert gives

@@ -21,41 +21,41 @@ from gateway.chat.protocol import MAX_CONTENT_PARTS, MAX_ID, MAX_MESSAGES, MAX_M
 _SERVER_SIDE = {"mcp_servers": "MCP servers", "container": "code execution containers"}
 
 
-class _Wire(BaseModel):
+class Wire(BaseModel):
     # As the chat protocol's: unknown fields ignored, never forwarded; strict types.
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
 # -- content blocks --------------------------------------------------------------------------------------------
-class AnthropicTextBlockParam(_Wire):
+class AnthropicTextBlockParam(Wire):
     type: Literal["text"]
     text: str
 
 
-class AnthropicBase64Source(_Wire):
+class AnthropicBase64Source(Wire):
     type: Literal["base64"]
     media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
     data: str
 
 
-class AnthropicURLSource(_Wire):
+class AnthropicURLSource(Wire):
     type: Literal["url"]
     url: str
 
 
-class AnthropicImageBlockParam(_Wire):
+class AnthropicImageBlockParam(Wire):
     type: Literal["image"]
     source: Annotated[AnthropicBase64Source | AnthropicURLSource, Discriminator("type")]
 
 
-class AnthropicToolUseBlockParam(_Wire):
+class AnthropicToolUseBlockParam(Wire):
     type: Literal["tool_use"]
     id: str = Field(max_length=MAX_ID)
     name: str = Field(max_length=MAX_NAME)
     input: dict[str, Any]
 
 
-class AnthropicToolResultBlockParam(_Wire):
+class AnthropicToolResultBlockParam(Wire):
     type: Literal["tool_result"]
     tool_use_id: str = Field(max_length=MAX_ID)
     content: str | Annotated[list[AnthropicTextBlockParam], Field(max_length=MAX_CONTENT_PARTS)] = ""
@@ -88,7 +88,7 @@ UserBlock = Annotated[
 AssistantBlock = Annotated[AnthropicTextBlockParam | AnthropicToolUseBlockParam, Discriminator("type")]
 
 
-class AnthropicUserMessage(_Wire):
+class AnthropicUserMessage(Wire):
     role: Literal["user"]
     content: (
         str
@@ -98,7 +98,7 @@ class AnthropicUserMessage(_Wire):
     )
 
 
-class AnthropicAssistantMessage(_Wire):
+class AnthropicAssistantMessage(Wire):
     role: Literal["assistant"]
     content: (
         str
@@ -124,30 +124,30 @@ def _custom_tool(value: Any) -> Any:
     return value
 
 
-class AnthropicTool(_Wire):
+class AnthropicTool(Wire):
     type: Literal["custom"] | None = None
     name: str = Field(min_length=1, max_length=MAX_NAME)
     description: str | None = None
     input_schema: dict[str, Any]
 
 
-class AnthropicToolChoiceAuto(_Wire):
+class AnthropicToolChoiceAuto(Wire):
     type: Literal["auto"]
     disable_parallel_tool_use: bool = False
 
 
-class AnthropicToolChoiceAny(_Wire):
+class AnthropicToolChoiceAny(Wire):
     type: Literal["any"]
     disable_parallel_tool_use: bool = False
 
 
-class AnthropicToolChoiceTool(_Wire):
+class AnthropicToolChoiceTool(Wire):
     type: Literal["tool"]
     name: str = Field(max_length=MAX_NAME)
     disable_parallel_tool_use: bool = False
 
 
-class AnthropicToolChoiceNone(_Wire):
+class AnthropicToolChoiceNone(Wire):
     type: Literal["none"]
 
 
@@ -157,12 +157,12 @@ AnthropicToolChoice = Annotated[
 ]
 
 
-class AnthropicMetadata(_Wire):
+class AnthropicMetadata(Wire):
     user_id: str | None = Field(None, max_length=MAX_ID)
 
 
 # -- requests --------------------------------------------------------------------------------------------------
-class AnthropicCountTokensRequest(_Wire):
+class AnthropicCountTokensRequest(Wire):
     """`POST /v1/messages/count_tokens`: the conversation alone; also what a Messages request holds."""
 
     model: str = Field(min_length=1, max_length=MAX_MODEL)

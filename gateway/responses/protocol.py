@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from gateway.chat.protocol import MAX_CONTENT_PARTS, MAX_ID, MAX_MESSAGES, MAX_MODEL, MAX_TOOLS, Name, _Wire
+from gateway.chat.protocol import MAX_CONTENT_PARTS, MAX_ID, MAX_MESSAGES, MAX_MODEL, MAX_TOOLS, Name, Wire
 
 MAX_METADATA = 16  # OpenAI's limits on `metadata`: pairs, key and value lengths
 MAX_METADATA_KEY = 64
@@ -28,12 +28,12 @@ def _unsupported(message: str) -> PydanticCustomError:
 
 
 # -- the request -----------------------------------------------------------------------------------------------
-class InputText(_Wire):
+class InputText(Wire):
     type: Literal["input_text"]
     text: str
 
 
-class InputImage(_Wire):
+class InputImage(Wire):
     type: Literal["input_image"]
     image_url: str | None = None  # a URL or a data: URL
     file_id: str | None = None
@@ -46,14 +46,14 @@ class InputImage(_Wire):
         return self
 
 
-class OutputTextPart(_Wire):
+class OutputTextPart(Wire):
     """An earlier answer's text, in an assistant message sent back."""
 
     type: Literal["output_text"]
     text: str
 
 
-class RefusalPart(_Wire):
+class RefusalPart(Wire):
     type: Literal["refusal"]
     refusal: str
 
@@ -62,25 +62,25 @@ UserPart = Annotated[InputText | InputImage, Field(discriminator="type")]
 AssistantPart = Annotated[OutputTextPart | InputText | RefusalPart, Field(discriminator="type")]
 
 
-class UserItem(_Wire):
+class UserItem(Wire):
     type: Literal["message"] = "message"
     role: Literal["user"]
     content: str | Annotated[list[UserPart], Field(max_length=MAX_CONTENT_PARTS)]
 
 
-class SystemItem(_Wire):
+class SystemItem(Wire):
     type: Literal["message"] = "message"
     role: Literal["system", "developer"]
     content: str | Annotated[list[InputText], Field(max_length=MAX_CONTENT_PARTS)]
 
 
-class AssistantItem(_Wire):
+class AssistantItem(Wire):
     type: Literal["message"] = "message"
     role: Literal["assistant"]
     content: str | Annotated[list[AssistantPart], Field(max_length=MAX_CONTENT_PARTS)]
 
 
-class FunctionCallItem(_Wire):
+class FunctionCallItem(Wire):
     """A function call the model made earlier, sent back with its output."""
 
     type: Literal["function_call"]
@@ -89,7 +89,7 @@ class FunctionCallItem(_Wire):
     arguments: str
 
 
-class FunctionCallOutputItem(_Wire):
+class FunctionCallOutputItem(Wire):
     type: Literal["function_call_output"]
     call_id: str = Field(max_length=MAX_ID)
     output: str | Annotated[list[InputText], Field(max_length=MAX_CONTENT_PARTS)]
@@ -135,7 +135,7 @@ def _function_only(what: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-class FunctionTool(_Wire):
+class FunctionTool(Wire):
     type: Literal["function"]
     name: Name
     description: str | None = None
@@ -143,7 +143,7 @@ class FunctionTool(_Wire):
     strict: bool | None = None
 
 
-class ToolChoiceFunction(_Wire):
+class ToolChoiceFunction(Wire):
     type: Literal["function"]
     name: Name
 
@@ -153,15 +153,15 @@ ToolChoice = Annotated[
 ]
 
 
-class TextFormatText(_Wire):
+class TextFormatText(Wire):
     type: Literal["text"] = "text"
 
 
-class TextFormatJSONObject(_Wire):
+class TextFormatJSONObject(Wire):
     type: Literal["json_object"]
 
 
-class TextFormatJSONSchema(_Wire):
+class TextFormatJSONSchema(Wire):
     type: Literal["json_schema"]
     name: Name
     json_schema: dict[str, Any] = Field(alias="schema")  # `schema` is a BaseModel method
@@ -172,7 +172,7 @@ class TextFormatJSONSchema(_Wire):
 TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")]
 
 
-class TextConfig(_Wire):
+class TextConfig(Wire):
     format: TextFormat = Field(default_factory=TextFormatText)
     verbosity: Literal["low", "medium", "high"] | None = None
 
@@ -186,7 +186,7 @@ def _not_supported(why: str) -> BeforeValidator:
     return BeforeValidator(refuse)
 
 
-class ResponsesRequest(_Wire):
+class ResponsesRequest(Wire):
     model: str = Field(min_length=1, max_length=MAX_MODEL)
     input: str | Annotated[list[InputItem], Field(min_length=1, max_length=MAX_MESSAGES)]
     instructions: str | None = None
