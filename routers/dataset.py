@@ -2,7 +2,7 @@
 
 A `RoutingDataset` holds, per query, a score for each expert's answer (the reward: correctness,
 a reward model's or a judge's grade, user feedback), each answer's cost, tags (subjects, skills)
-and an optional domain label. training/dataset.py loads the MMLU-Pro pool and a user's own JSONL
+an optional domain label and, where recorded, each expert's final answer. training/dataset.py loads the MMLU-Pro pool and a user's own JSONL
 into it, so other experts and other data need no code change.
 
 Bandit feedback from the decision log (training/log_data.py) knows only the chosen expert's reward:
@@ -31,6 +31,9 @@ class RoutingDataset:
     domains: np.ndarray  # str [n]: label for domain routers ("" when unknown)
     split: np.ndarray  # str [n]: train / dev / test
     weights: np.ndarray | None = None  # float [n]: how much each row's known scores count; None: all alike
+    # object [n, m]: each expert's final answer as written (str, None where none was read), what an agreement
+    # cascade compares; None when the data records no answers.
+    answers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -46,6 +49,7 @@ class RoutingDataset:
             domains=self.domains[index],
             split=self.split[index],
             weights=None if self.weights is None else self.weights[index],
+            answers=None if self.answers is None else self.answers[index],
         )
 
     def of_split(self, split: str) -> RoutingDataset:
@@ -59,7 +63,13 @@ class RoutingDataset:
         if missing:
             raise ValueError(f"unknown experts {missing}; known: {list(self.experts)}")
         cols = [self.experts.index(n) for n in names]
-        return replace(self, experts=tuple(names), scores=self.scores[:, cols], costs=self.costs[:, cols])
+        return replace(
+            self,
+            experts=tuple(names),
+            scores=self.scores[:, cols],
+            costs=self.costs[:, cols],
+            answers=None if self.answers is None else self.answers[:, cols],
+        )
 
     def mean_cost(self) -> np.ndarray:
         """Per expert, the average cost of one answer: what cost-aware policies expect to pay."""

@@ -2,7 +2,7 @@
 or a user's own JSONL, so other experts and other data need no code change:
 
     {"query": "...", "scores": {"expert-a": 1.0, "expert-b": 0.0}, "costs": {...}?, "tags": [...]?,
-     "domain": "..."?, "split": "train|dev|test"?}
+     "domain": "..."?, "answers": {"expert-a": "42", ...}?, "split": "train|dev|test"?}
 
 Rows without `split` are assigned train/dev/test 60/20/20 by a hash of the query (stable across runs).
 """
@@ -29,6 +29,7 @@ def from_pool(pool: Pool | None = None) -> RoutingDataset:
         tags=tuple((str(c), str(s)) for c, s in zip(pool.categories, pool.src, strict=True)),
         domains=np.asarray(pool.categories, dtype=object),
         split=np.asarray(pool.split),
+        answers=np.where(pool.pred == "", None, pool.pred.astype(object)),
     )
 
 
@@ -43,12 +44,16 @@ def from_jsonl(path: Path) -> RoutingDataset:
         experts.extend(name for name in row["scores"] if name not in experts)
     scores = np.full((len(rows), len(experts)), np.nan)
     costs = np.zeros((len(rows), len(experts)))
+    answers = np.full((len(rows), len(experts)), None, dtype=object)
     for i, row in enumerate(rows):
         for name, value in row["scores"].items():
             scores[i, experts.index(name)] = float(value)
         for name, value in (row.get("costs") or {}).items():
             if name in experts:
                 costs[i, experts.index(name)] = float(value)
+        for name, value in (row.get("answers") or {}).items():
+            if name in experts and value is not None:
+                answers[i, experts.index(name)] = str(value)
     if np.isnan(scores).any():
         i = int(np.argwhere(np.isnan(scores))[0][0])
         raise ValueError(f"{path}:{i + 1}: every row must score every expert ({experts})")
@@ -60,6 +65,7 @@ def from_jsonl(path: Path) -> RoutingDataset:
         tags=tuple(tuple(str(t) for t in r.get("tags") or ()) for r in rows),
         domains=np.array([str(r.get("domain", "")) for r in rows], dtype=object),
         split=np.array([r.get("split") or _hash_split(r["query"]) for r in rows]),
+        answers=answers if any(row.get("answers") for row in rows) else None,
     )
 
 

@@ -157,4 +157,5 @@ def concat(parts: Sequence[RoutingDataset]) -> RoutingDataset:
         split=np.concatenate([part.split for part in parts]),
         weights=np.concatenate([np.ones(len(p)) if p.weights is None else p.weights for p in parts]) if weighted
         else None,
+        answers=None,  # the log keeps no answers to compare
     )
