@@ -53,8 +53,9 @@ def train(
     ] = None,
     experts: Annotated[str | None, typer.Option(help="only these experts of the data, comma-separated")] = None,
     features: Annotated[
-        str, typer.Option(help="what the router reads of a query: " + ", ".join(KINDS))
-    ] = DEFAULT_KIND,
+        str | None,
+        typer.Option(help="what the router reads of a query: " + ", ".join(KINDS) + " (default: the family chooses on dev)"),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML whose `experts:` the router routes between")] = None,
 ) -> None:
     """Train on a dataset's train split, evaluate on dev, keep its cost-quality frontier on test (the dashboard plots
@@ -67,7 +68,7 @@ def train(
         console.print("[red]training needs the train extra[/red]: pip install 'moe-gateway[train]' (make setup has it)")
         raise typer.Exit(1)
 
-    if features not in KINDS:
+    if features is not None and features not in KINDS:
         raise typer.BadParameter(f"unknown feature kind {features!r}; known: {', '.join(KINDS)}", param_hint="--features")
     directory = out or Path("var/routers") / family
     console.print(f"training [bold]{family}[/] -> {directory}")

@@ -18,7 +18,6 @@ import yaml
 
 from routers import ExpertProfile, Router, router_class
 from routers.dataset import RoutingDataset
-from routers.features import DEFAULT_KIND
 from routers.quality import profiles_of
 from training.dataset import load_dataset
 from training.evaluate import router_frontier
@@ -70,14 +69,15 @@ def train_router(
     limit: int | None = None,
     dataset: RoutingDataset | Path | str | None = None,
     experts: Sequence[str] | None = None,
-    features: str = DEFAULT_KIND,
+    features: str | None = None,
 ) -> TrainResult:
     """Fit `family` on a dataset's train split (dev for tuning and metrics) and save it to `out`.
 
     `dataset`: a RoutingDataset, a `.jsonl` file or a pool directory (default: the pool at
     `pool_dir`); `experts` keeps only those experts' columns (e.g. the small-experts scenario).
     `limit` keeps that many train and that many dev questions, spread over the domains: for quick
-    runs and tests. `features`: what the router reads of a query (`routers.features.KINDS`).
+    runs and tests. `features`: what the router reads of a query (`routers.features.KINDS`); None leaves it to
+    the family (the dataset-trained families choose it on dev).
     """
     cls = router_class(family)
     started = time.perf_counter()
@@ -89,7 +89,7 @@ def train_router(
         train = train.subset(stratified_sample(train.domains, limit))
         dev = dev.subset(stratified_sample(dev.domains, limit))
     profiles = load_expert_profiles(config) if cls.experts_from_config else profiles_of(train)
-    router = cls(profiles).fit(train, dev, features=features)
+    router = cls(profiles).fit(train, dev, **({"features": features} if features else {}))
     assert router.manifest is not None
     router.manifest.params.update(cost_quality(router, data, train, dev, limit))
     router.save(out)
