@@ -33,6 +33,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -230,6 +231,18 @@ def report(candidate: Candidate, data: RoutingDataset, *, split: str = "test") -
         "dev_curve": [s.to_json() for s in dev_curve],
         "chosen_on_dev": chosen,
     }
+
+
+def cascade_candidate(directory: Path, data: RoutingDataset, scenario: dict[str, Any]) -> dict[str, Any]:
+    """The cascade over the router in `directory` (its predictions and expected costs, as training/evaluate.py
+    loads it) as one more candidate of a scenario report (`run_scenario`): searched on `data`'s dev split,
+    replayed on the report's split."""
+    from training.evaluate import load_router_candidates
+
+    routers, skipped = load_router_candidates([directory], data)
+    if skipped:
+        raise ValueError(f"{directory} does not route between the data's experts: no cascade over it")
+    return report(routers[0], data, split=scenario.get("split", "test"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

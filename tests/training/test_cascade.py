@@ -158,3 +158,21 @@ def test_zeroeval_agreement_of_three_cheap_voters_before_o1_mini() -> None:
         cost, accuracy = outcomes(replay, voting, o1)
         assert accuracy[0] == pytest.approx(expected_accuracy, abs=5e-4)
         assert cost[0] == pytest.approx(expected_cost, abs=5e-3)
+
+
+def test_the_benchmark_adds_the_cascade_over_a_router_artifact(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.evaluate
+
+    data = split_data()
+    loaded: list[Path] = []
+
+    def load(directories: list[Path], _: RoutingDataset) -> tuple[list[PerfectQuality], list[dict]]:
+        loaded.extend(directories)
+        return ([PerfectQuality()], []) if directories[0].name == "fits" else ([], [{"name": "other"}])
+
+    monkeypatch.setattr(training.evaluate, "load_router_candidates", load)
+    candidate = cascade.cascade_candidate(Path("fits"), data, {"split": "dev"})
+    assert loaded == [Path("fits")] and candidate["name"] == "cascade:perfect"
+    assert candidate["points"] == candidate["dev_curve"]  # replayed on the report's split: dev here
+    with pytest.raises(ValueError, match="does not route"):
+        cascade.cascade_candidate(Path("elsewhere"), data, {"split": "test"})
