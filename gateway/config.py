@@ -178,8 +178,11 @@ def _check_aggregation(path: str, vm: VirtualModelConfig, experts: set[str]) -> 
     if vm.vote:
         named += [("vote.accuracy", name) for name in vm.vote.accuracy]
     if vm.cascade:
-        if vm.policy is not None:  # the model name's suffix is the cascade's `agree`, so it has no cost knob
-            raise ValueError(f"{path}.policy: a cascade takes no cost knob (`{vm.name}:<n>` sets its `agree`)")
+        # The model name's suffix is the cascade's `agree`; only the expert it escalates to is picked by a cost knob.
+        if vm.policy is not None and vm.cascade.escalate != "router":
+            raise ValueError(
+                f"{path}.policy: a cascade takes no cost knob unless `escalate: router` (`{vm.name}:<n>` sets its `agree`)"
+            )
         order = list(vm.cascade.order or ())
         _unique(f"{path}.cascade.order", order)
         named += [("cascade.accuracy", name) for name in vm.cascade.accuracy]

@@ -41,16 +41,21 @@ class Targets:
             router = self.routers[vm.router]
             if vm.cascade is not None:  # its order sets what it costs; its suffix sets how far it escalates
                 knob = knob or str(vm.cascade.agree)
-                return Target(model, virtual_model=vm, router=router, knob=knob, agree=_agreement(knob))
+                # With `escalate: router`, the configured cost knob picks the expert it escalates to.
+                policy = _policy(vm.policy, router) if vm.policy else None
+                return Target(model, virtual_model=vm, router=router, knob=knob, agree=_agreement(knob), policy=policy)
             knob = knob or vm.policy
             if not knob:
                 return Target(model, virtual_model=vm, router=router)
-            try:
-                policy = parse_knob(knob, router.manifest.params.get("calibration") if router.manifest else None)
-            except ValueError as exc:
-                raise APIError(400, str(exc), param="model", code="invalid_cost_knob") from None
-            return Target(model, virtual_model=vm, router=router, knob=knob, policy=policy)
+            return Target(model, virtual_model=vm, router=router, knob=knob, policy=_policy(knob, router))
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+
+def _policy(knob: str, router: Router) -> CostPolicy:
+    try:
+        return parse_knob(knob, router.manifest.params.get("calibration") if router.manifest else None)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="model", code="invalid_cost_knob") from None
 
 
 def _agreement(knob: str) -> int:
