@@ -2,198 +2,170 @@
 
 The reward is whatever the dataset scores each expert's answer with (`RoutingDataset.scores`: gold
 correctness for the pool, a reward model's or a judge's grade in a user's JSONL), so a new reward
-source is a new dataset, not new code. Training target per query: softmax(reward / T) over experts,
-after the paper's tag-based label enhancement (the reward vector mixed, with weight beta, with the
-mean reward of the queries sharing its tags, which denoises single 0/1 outcomes); loss: KL divergence.
-beta and T are tuned on dev.
+source is a new dataset, not new code. The head (routers/reward_head.py) is trained one of two ways:
+- `kl`, the paper's: a distribution over experts fitted to softmax(reward / T) after its tag-based label
+  enhancement (the reward vector mixed, with weight beta, with the mean reward of the queries sharing its
+  tags, which denoises single 0/1 outcomes);
+- `bce`: each output its expert's log-odds of reward, by binary cross-entropy per expert.
+The cost policy trades absolute qualities against prices that differ 500x between experts (ZeroEval); a
+softmax only ranks experts, and a query many experts get right spreads its mass thin. On dev, `bce` had
+the larger cost-quality AUC on ZeroEval (28 experts: 0.919 against 0.913) and the MMLU-Pro pool (seven:
+0.551 against 0.547), `kl` on the pool's three small experts (0.452 against 0.448): the search starts from
+`bce` and keeps `kl` as a candidate. Either way one calibration fitted on dev, monotone and shared by
+the experts, turns the head's outputs into the reward's scale (for the pool: P(right)).
 
-score(): the head's distribution ranks experts but its values are relative (they sum to 1); the cost
-policy needs absolute qualities to trade against price. The reward is therefore calibrated from
-the head's log-probability by a one-feature logistic regression fitted on dev (held out from the
-head's training, so it sees the head's real error), giving for the pool the probability that the
-expert answers right. One calibration serves all experts: it is monotone, so the ranking stays the
-head's (per-expert calibrations were tried: they reorder experts and lost 1.5 points of dev accuracy).
+Capacity is chosen on dev, with the same defaults for every dataset: a coordinate search (`SEARCH`) that
+starts from the first value of each axis and, axis by axis, keeps the value with the best dev
+cost-quality AUC (training/evaluate.py's envelope, over the cost policy's lambda sweep, each query priced
+by the cost model the router will route with). The axes: the feature kind (when `features` is None; cheap
+kinds only, whose decision stays well under 1 ms), the objective, the hidden size, the weight decay, then
+for `kl` its beta and T. Epochs are early-stopped on dev. Choosing the kind too, that is 5 fits when `bce`
+wins and 8 when `kl` does, each recorded with its score in the manifest (`params["search"]`).
 
 Partial scores (bandit feedback from the decision log, `moe router retrain`: only the chosen expert's
-reward is known) have no distribution to distil: each logit is then fitted as its expert's log-odds of
-reward by binary cross-entropy on the known entries only, optionally weighted per row (inverse
-propensity), and the same dev calibration follows on the known (query, expert) pairs.
+reward is known) have no distribution to distil and no AUC to measure: the head is `bce` on the known
+entries only, optionally weighted per row (inverse propensity), and the search compares dev log loss on
+the known (query, expert) pairs.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from routers.features import DEFAULT_KIND, QueryFeatures
+from routers.features import QueryFeatures
 from routers.manifest import ExpertProfile, Manifest
-from routers.quality import QualityRouter, routing_metrics, smoothed_quality
+from routers.policy import lambda_grid
+from routers.quality import QualityRouter, routing_metrics
+from routers.reward_head import RewardHead, fit_head, tag_enhanced
 
 if TYPE_CHECKING:
     from routers.dataset import RoutingDataset
 
 HEAD_FILE = "reward_head.npz"
-BETAS = (0.0, 0.5, 0.9)
-# Rewards in [0, 1] differ by fractions: a temperature near 1 would make nearly uniform targets.
-TEMPERATURES = (0.1, 0.3)
-TAG_PRIOR_STRENGTH = 5.0  # queries' worth of the overall mean in each tag's mean reward
+CHEAP_KINDS = ("static+lexical", "static")
+
+
+# Each axis of the search with its values, the default first. `kl`'s own axes are searched only when `kl` is chosen.
+SEARCH: dict[str, tuple[Any, ...]] = {
+    "objective": ("bce", "kl"),
+    "hidden": (256, 64),
+    "weight_decay": (1e-2, 1.0),
+    "beta": (0.5, 0.0, 0.9),  # weight of the tag mean in kl's target (0 when the data has no tags)
+    "temperature": (0.3, 0.1),  # kl's; rewards in [0, 1] differ by fractions: T near 1 gives flat targets
+}
+KL_ONLY = ("beta", "temperature")
 
 
 @dataclass(frozen=True)
-class RewardHead:
-    """A one-hidden-layer MLP from query features to expert logits, plus per-expert calibration, as arrays."""
+class Setting:
+    """One point of the search: what the head reads, how it is trained, its capacity."""
 
-    hidden_w: np.ndarray  # [dim, hidden]
-    hidden_b: np.ndarray  # [hidden]
-    out_w: np.ndarray  # [hidden, m]
-    out_b: np.ndarray  # [m]
-    calibration: np.ndarray  # [2]: slope and intercept on the log-probability, shared by the experts
-    reward_range: np.ndarray  # [2]: the rewards' min and max, calibration works on [0, 1]
+    features: str
+    objective: str
+    hidden: int
+    weight_decay: float
+    beta: float
+    temperature: float
 
-    def log_probs(self, features: np.ndarray) -> np.ndarray:
-        logits = np.maximum(features @ self.hidden_w + self.hidden_b, 0.0) @ self.out_w + self.out_b
-        logits -= logits.max(axis=1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-
-    def quality(self, features: np.ndarray) -> np.ndarray:
-        slope, intercept = self.calibration
-        unit = 1.0 / (1.0 + np.exp(-(self.log_probs(features) * slope + intercept)))
-        low, high = self.reward_range
-        return low + (high - low) * unit
-
-    def save(self, path: Path) -> None:
-        np.savez(path, **{name: getattr(self, name) for name in self.__dataclass_fields__})
-
-    @classmethod
-    def load(cls, path: Path) -> RewardHead:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+    def params(self) -> dict[str, Any]:
+        """The setting as a manifest records it: kl's own axes only for kl."""
+        return {k: v for k, v in asdict(self).items() if self.objective == "kl" or k not in KL_ONLY}
 
 
-def tag_enhanced(rewards: np.ndarray, tags: Sequence[Sequence[str]], beta: float) -> np.ndarray:
-    """(1 - beta) * reward + beta * mean over the query's tags of the tag's mean reward (untagged rows: as is)."""
-    if beta == 0 or not any(tags):
-        return rewards
-    flat = np.array([tag for row in tags for tag in row], dtype=object)
-    owners = np.repeat(np.arange(len(tags)), [len(row) for row in tags])
-    vocabulary = sorted(set(flat.tolist()))
-    table = smoothed_quality(flat, rewards[owners], vocabulary, TAG_PRIOR_STRENGTH)
-    row_of = {tag: i for i, tag in enumerate(vocabulary)}
-    enhanced = rewards.copy()
-    for i, row in enumerate(tags):
-        if row:
-            enhanced[i] = (1 - beta) * rewards[i] + beta * table[[row_of[t] for t in row]].mean(axis=0)
-    return enhanced
+@dataclass(frozen=True)
+class Trial:
+    setting: Setting
+    head: RewardHead
+    score: float  # dev cost-quality AUC; with partial scores, dev log-likelihood
 
 
-def fit_head(
-    x: np.ndarray,
-    target: np.ndarray,
-    dev_x: np.ndarray,
-    dev_rewards: np.ndarray,
-    *,
-    partial: bool = False,
-    row_weights: np.ndarray | None = None,
-    hidden: int = 256,
-    epochs: int = 40,
-    patience: int = 8,
-    seed: int = 0,
-) -> tuple[list[np.ndarray], float]:
-    """Fit the head; keep the epoch that does best on dev, and say how well it did.
+class Search:
+    """Fits and scores settings on one train / dev pair; features computed once per kind."""
 
-    A full `target` (a distribution per row): minimise KL(target || softmax(head(x))); on dev, the mean reward
-    of the argmax picks. A `partial` one (unit rewards, NaN where unknown: bandit feedback): each logit is the
-    log-odds of its expert's reward, binary cross-entropy on the known entries (rows weighed by `row_weights`);
-    on dev, minus the same loss on its known entries (`dev_rewards` in [0, 1]): the reward of the picks is known
-    only where they agree with the logging policy, which would favour whatever agrees with it.
-    """
-    import torch
-    from torch.nn import functional
+    def __init__(self, train: RoutingDataset, dev: RoutingDataset, low: float, high: float) -> None:
+        from routers.cost import CostModel
 
-    torch.manual_seed(seed)
-    head = torch.nn.Sequential(
-        torch.nn.Linear(x.shape[1], hidden),
-        torch.nn.ReLU(),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(hidden, target.shape[1]),
-    )
-    optimiser = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-2)
-    known, dev_known = torch.from_numpy(~np.isnan(target)), torch.from_numpy(~np.isnan(dev_rewards))
-    weights = torch.ones(len(x)) if row_weights is None else torch.from_numpy(row_weights / row_weights.mean()).float()
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(np.nan_to_num(target)).float()
-    dev_inputs, dev_targets = torch.from_numpy(dev_x), torch.from_numpy(np.nan_to_num(dev_rewards)).float()
+        self.train, self.dev = train, dev
+        span = (high - low) or 1.0
+        self.unit, self.dev_unit = (train.scores - low) / span, (dev.scores - low) / span
+        self.partial = bool(np.isnan(self.unit).any() or np.isnan(self.dev_unit).any())
+        cost_model = CostModel.fit(train.queries.tolist(), train.costs)
+        self.dev_cost = cost_model(dev.queries.tolist()) if cost_model else np.tile(train.mean_cost(), (len(dev), 1))
+        self.features: dict[str, tuple[QueryFeatures, np.ndarray, np.ndarray]] = {}
+        self.tried: list[tuple[Setting, float]] = []
 
-    def masked_loss(logits: torch.Tensor, wanted: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        loss = functional.binary_cross_entropy_with_logits(logits, wanted, reduction="none") * seen * weight[:, None]
-        return loss.sum() / seen.sum().clamp(min=1)
-
-    generator = torch.Generator().manual_seed(seed)
-    best: tuple[float, list[np.ndarray]] = (-np.inf, [])
-    since_best = 0
-    for _ in range(epochs):
-        head.train()
-        for batch in torch.randperm(len(inputs), generator=generator).split(128):
-            logits = head(inputs[batch])
-            if partial:
-                loss = masked_loss(logits, targets[batch], known[batch], weights[batch])
-            else:
-                loss = functional.kl_div(torch.log_softmax(logits, dim=1), targets[batch], reduction="batchmean")
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        head.eval()
-        with torch.no_grad():
-            dev_logits = head(dev_inputs)
-            if partial:
-                score = -float(masked_loss(dev_logits, dev_targets, dev_known, torch.ones(len(dev_x))))
-            else:
-                picks = dev_logits.argmax(dim=1).numpy()
-                score = float(dev_rewards[np.arange(len(picks)), picks].mean())
-        if score > best[0]:
-            best = (
-                score,
-                [p.detach().numpy().copy() for p in (head[0].weight.T, head[0].bias, head[3].weight.T, head[3].bias)],
+    def of_kind(self, kind: str) -> tuple[QueryFeatures, np.ndarray, np.ndarray]:
+        if kind not in self.features:
+            features = QueryFeatures.fit(kind, self.train.queries.tolist())
+            self.features[kind] = (
+                features,
+                features.of_training(self.train.queries.tolist()),
+                features.of_training(self.dev.queries.tolist()),
             )
-            since_best = 0
-        elif (since_best := since_best + 1) >= patience:
-            break
-    return best[1], best[0]
+        return self.features[kind]
+
+    def trial(self, setting: Setting) -> Trial:
+        _, x, dev_x = self.of_kind(setting.features)
+        if setting.objective == "kl":
+            logits = tag_enhanced(self.unit, self.train.tags, setting.beta) / setting.temperature
+            target = np.exp(logits - logits.max(axis=1, keepdims=True))
+            target /= target.sum(axis=1, keepdims=True)
+        else:
+            target = self.unit
+        head = fit_head(
+            x,
+            target,
+            dev_x,
+            self.dev_unit,
+            objective=setting.objective,
+            row_weights=self.train.weights,
+            hidden=setting.hidden,
+            weight_decay=setting.weight_decay,
+        ).calibrated(dev_x, self.dev_unit)
+        trial = Trial(setting, head, self.score(head.quality(dev_x)))
+        self.tried.append((setting, trial.score))
+        return trial
+
+    def score(self, unit_quality: np.ndarray) -> float:
+        if self.partial:
+            known = ~np.isnan(self.dev_unit)
+            p, r = np.clip(unit_quality[known], 1e-6, 1 - 1e-6), self.dev_unit[known]
+            return float(np.mean(r * np.log(p) + (1 - r) * np.log(1 - p)))
+        return dev_auc(unit_quality, self.dev_cost, self.dev)
+
+    def run(self, kinds: Sequence[str]) -> Trial:
+        """The coordinate search of the module docstring, from the first kind and each axis's default."""
+        tagged = any(self.train.tags)
+        defaults = {axis: values[0] for axis, values in SEARCH.items()}
+        start = Setting(kinds[0], **{**defaults, "beta": defaults["beta"] if tagged else 0.0})
+        best = max((self.trial(replace(start, features=kind)) for kind in kinds), key=lambda t: t.score)
+        for axis, values in SEARCH.items():
+            if (axis == "objective" and self.partial) or (axis == "beta" and not tagged):
+                continue
+            if axis in KL_ONLY and best.setting.objective != "kl":
+                continue
+            for value in values:
+                if value == getattr(best.setting, axis):
+                    continue
+                candidate = self.trial(replace(best.setting, **{axis: value}))
+                if candidate.score > best.score:
+                    best = candidate
+        return best
 
 
-def distil(
-    x: np.ndarray, unit: np.ndarray, tags: Sequence[Sequence[str]], dev_x: np.ndarray, dev_rewards: np.ndarray
-) -> tuple[float, float, list[np.ndarray]]:
-    """The head distilled from softmax(tag-enhanced reward / T), beta and T chosen by its dev accuracy."""
-    best: tuple[float, float, float, list[np.ndarray]] = (-np.inf, 0.0, 1.0, [])
-    for beta, temperature in itertools.product(BETAS if any(tags) else (0.0,), TEMPERATURES):
-        logits = tag_enhanced(unit, tags, beta) / temperature
-        target = np.exp(logits - logits.max(axis=1, keepdims=True))
-        weights, accuracy = fit_head(x, target / target.sum(axis=1, keepdims=True), dev_x, dev_rewards)
-        if accuracy > best[0]:
-            best = (accuracy, beta, temperature, weights)
-    return best[1], best[2], best[3]
+def dev_auc(quality: np.ndarray, expected_cost: np.ndarray, dev: RoutingDataset) -> float:
+    """The area under the dev cost-quality envelope, as `training.evaluate.evaluate` reports it (its cost axis: the
+    cheapest to the dearest expert's mean cost), the policy trading `quality` against `expected_cost`."""
+    from training.evaluate import area_under, envelope, sweep
 
-
-def fit_calibration(log_probs: np.ndarray, unit_rewards: np.ndarray) -> np.ndarray:
-    """Slope and intercept of P(reward) = sigmoid(a * log p + b) over every (query, expert) pair with a known reward.
-
-    Rewards in [0, 1] are soft labels: each pair counts as right with weight r and wrong with 1 - r.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    known = ~np.isnan(unit_rewards)  # partial scores: the pairs whose reward is known
-    feature = np.tile(log_probs[known], 2)[:, None]
-    labels = np.repeat([1, 0], known.sum())
-    weights = np.concatenate([unit_rewards[known], 1 - unit_rewards[known]])
-    if weights[labels == 1].sum() == 0 or weights[labels == 0].sum() == 0:  # always or never right
-        return np.array([0.0, 20.0 if weights[labels == 0].sum() == 0 else -20.0])
-    model = LogisticRegression(C=10.0).fit(feature, labels, sample_weight=weights)
-    return np.array([model.coef_[0, 0], model.intercept_[0]])
+    single = dev.mean_cost() * 1000
+    settings = sweep(quality, expected_cost, dev, lambda_grid(quality, expected_cost))
+    return area_under(envelope(settings), float(single.min()), float(single.max()))
 
 
 class RewardDistilledRouter(QualityRouter):
@@ -212,34 +184,26 @@ class RewardDistilledRouter(QualityRouter):
         self.features = features
 
     def fit(
-        self, train: RoutingDataset, dev: RoutingDataset, *, features: str = DEFAULT_KIND, name: str = "reward-distilled"
+        self, train: RoutingDataset, dev: RoutingDataset, *, features: str | None = None, name: str = "reward-distilled"
     ) -> Self:
-        self.features = QueryFeatures.fit(features, train.queries.tolist())
-        x = self.features.of_training(train.queries.tolist())
-        dev_x = self.features.of_training(dev.queries.tolist())
+        """`features` None: chosen on dev among CHEAP_KINDS; any other kind is used as is."""
         both = np.concatenate([train.scores, dev.scores])
         low, high = float(np.nanmin(both)), float(np.nanmax(both))
-        span = (high - low) or 1.0
-        unit, dev_unit = (train.scores - low) / span, (dev.scores - low) / span
-
-        if np.isnan(both).any():  # bandit feedback: each expert's log-odds learnt where its reward is known
-            beta, temperature = None, None
-            weights, _ = fit_head(x, unit, dev_x, dev_unit, partial=True, row_weights=train.weights)
-        else:
-            beta, temperature, weights = distil(x, unit, train.tags, dev_x, dev.scores)
-
-        uncalibrated = RewardHead(*weights, calibration=np.array([1.0, 0.0]), reward_range=np.array([low, high]))
-        dev_log_probs = uncalibrated.log_probs(dev_x)
-        self.head = RewardHead(
-            *weights, calibration=fit_calibration(dev_log_probs, dev_unit), reward_range=np.array([low, high])
-        )
+        search = Search(train, dev, low, high)
+        best = search.run(CHEAP_KINDS if features is None else (features,))
+        self.features, _, dev_x = search.of_kind(best.setting.features)
+        self.head = replace(best.head, reward_range=np.array([low, high]))
         quality = self.head.quality(dev_x)
         metrics = routing_metrics("dev", quality, dev)
         # Mean predicted minus mean actual reward per expert, on the rows (and entries) the calibration was fitted to.
         known = ~np.isnan(dev.scores)
-        gaps = [abs(q[seen].mean() - r[seen].mean()) for q, r, seen in zip(quality.T, dev.scores.T, known.T, strict=True)
-                if seen.any()]
+        gaps = [
+            abs(q[seen].mean() - r[seen].mean())
+            for q, r, seen in zip(quality.T, dev.scores.T, known.T, strict=True)
+            if seen.any()
+        ]
         metrics["dev_calibration_gap"] = float(max(gaps))
+        metrics["dev_log_likelihood" if search.partial else "dev_auc"] = best.score
         self._fitted(
             name,
             train,
@@ -247,11 +211,9 @@ class RewardDistilledRouter(QualityRouter):
             metrics,
             {
                 **self.features.params(),
-                "head": "mlp-256",
-                "objective": "kl-to-softmax" if beta is not None else "masked-log-loss",
-                "beta": beta,
-                "temperature": temperature,
+                **{key: value for key, value in best.setting.params().items() if key != "features"},
                 "quality_calibration": "platt-on-dev",
+                "search": [{**setting.params(), "score": score} for setting, score in search.tried],
             },
         )
         return self
