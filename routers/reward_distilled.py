@@ -161,7 +161,7 @@ class Search:
 def dev_auc(quality: np.ndarray, expected_cost: np.ndarray, dev: RoutingDataset) -> float:
     """The area under the dev cost-quality envelope, as `training.evaluate.evaluate` reports it (its cost axis: the
     cheapest to the dearest expert's mean cost), the policy trading `quality` against `expected_cost`."""
-    from training.evaluate import area_under, envelope, sweep
+    from routers.frontier import area_under, envelope, sweep
 
     single = dev.mean_cost() * 1000
     settings = sweep(quality, expected_cost, dev, lambda_grid(quality, expected_cost))
