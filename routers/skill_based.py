@@ -1,26 +1,33 @@
 """skill-based (Symbolic-MoE): infer a query's fine-grained skills, recruit the experts most competent at them.
 
 Skills are the most specific tag of each query (the pool's `src` subject, e.g.
-`ori_mmlu-high_school_physics`) or, when the data has no tags, clusters of query features. A
+`ori_mmlu-high_school_physics`) or, when the data has no tags, discovered from the queries and the
+experts' scores (`routers.discovery`: clusters of the queries' static embeddings, chosen on dev). A
 logistic regression over the query features (`routers.features`) infers skills; an expert's profile is its
-mean reward per skill on train+dev, shrunk toward its overall mean where a skill has few queries.
+mean reward per skill, shrunk toward its overall mean where a skill has few queries.
 A query's score per expert is its competence summed over the top-s inferred skills, weighted by
 their probabilities: the top k experts are recruited and the most competent expert overall
 aggregates their answers, as the paper picks the single best aggregator.
+
+Capacity is chosen on dev with train-only profiles, by how well they predict the experts' dev rewards
+(`routers.discovery.dev_error`): the feature kind (among FEATURE_KINDS unless one is given), the
+classifier's C, the prior strength and s. The final profiles count dev's queries too.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from routers.base import Decision
+from routers.discovery import Labels, dev_error, route_labels
 from routers.embedding_domain import DomainClassifier
-from routers.features import DEFAULT_KIND, QueryFeatures
+from routers.features import QueryFeatures
 from routers.manifest import ExpertProfile, Manifest
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
@@ -30,19 +37,24 @@ if TYPE_CHECKING:
 
 SKILLS_FILE = "skill_classifier.npz"
 PROFILES_FILE = "profiles.npz"
+# Searched on dev when no kind is given: the cheap kinds only, so routing stays well under a millisecond.
+FEATURE_KINDS = ("static+lexical", "static")
+CS = (1.0, 10.0, 100.0)  # the skill classifier's inverse regularisation
 STRENGTHS = (2.0, 5.0, 10.0, 20.0, 50.0)
 TOP_SKILLS = (1, 2, 3, 5, 8)
 
 
-def skill_labels(train: RoutingDataset, features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
-    """One skill per train query, and where the vocabulary came from."""
-    if all(train.tags):
-        return np.array([tags[-1] for tags in train.tags], dtype=object), "tags"
-    from sklearn.cluster import KMeans
+def fit_skills(features: np.ndarray, labels: np.ndarray, regularisation: float) -> DomainClassifier:
+    """A multinomial logistic regression from query features to skills, fitted on a sparse copy: the 10,000
+    lexical columns are mostly zeros, which a dense fit multiplies through at every step."""
+    from scipy.sparse import csr_matrix
+    from sklearn.linear_model import LogisticRegression
 
-    clusters = int(np.clip(np.sqrt(len(train) / 4), 2, 100))  # enough queries per cluster to profile it
-    labels = KMeans(clusters, n_init=3, random_state=seed).fit_predict(features)
-    return np.array([f"cluster-{label}" for label in labels], dtype=object), "embedding-clusters"
+    model = LogisticRegression(C=regularisation, max_iter=1000).fit(csr_matrix(features), labels)
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # one row, the second class's log-odds: as two softmax logits, the same sigmoid
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    return DomainClassifier(tuple(model.classes_.tolist()), coef.astype(np.float32), intercept.astype(np.float32))
 
 
 def top_skill_weights(probs: np.ndarray, top: int) -> np.ndarray:
@@ -51,6 +63,40 @@ def top_skill_weights(probs: np.ndarray, top: int) -> np.ndarray:
         cutoff = -np.partition(-probs, top - 1, axis=1)[:, top - 1 : top]
         probs = np.where(probs >= cutoff, probs, 0.0)
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """One setting of the dev search, with what it was judged by."""
+
+    error: float
+    features: QueryFeatures
+    skills: DomainClassifier
+    dev_probs: np.ndarray
+    regularisation: float
+    strength: float
+    top: int
+
+
+def search_capacity(kinds: Sequence[str], labels: Labels, train: RoutingDataset, dev: RoutingDataset) -> Capacity:
+    """The feature kind, C, prior strength and top-s whose train-only profiles predict the dev rewards best
+    (`routers.discovery.dev_error`; the first of equals)."""
+    texts, dev_texts = train.queries.tolist(), dev.queries.tolist()
+    best: Capacity | None = None
+    for kind in kinds:
+        query_features = QueryFeatures.fit(kind, texts)
+        train_x, dev_x = query_features.of_training(texts), query_features.of_training(dev_texts)
+        for regularisation in CS:
+            skills = fit_skills(train_x, labels.train, regularisation)
+            dev_probs = skills.predict_proba(dev_x)
+            for strength, top in itertools.product(STRENGTHS, TOP_SKILLS):
+                top = min(top, len(skills.classes))
+                competence = smoothed_quality(labels.train, train.scores, skills.classes, strength)
+                error = dev_error(top_skill_weights(dev_probs, top) @ competence, dev)
+                if best is None or error < best.error:
+                    best = Capacity(error, query_features, skills, dev_probs, regularisation, strength, top)
+    assert best is not None
+    return best
 
 
 class SkillBasedRouter(QualityRouter):
@@ -78,52 +124,43 @@ class SkillBasedRouter(QualityRouter):
         dev: RoutingDataset,
         *,
         k: int = 1,
-        features: str = DEFAULT_KIND,
+        features: str | None = None,
         name: str = "skill-based",
     ) -> Self:
-        """Fit skill inference on train, tune top-s and the prior strength on dev, profile on train+dev."""
-        from sklearn.linear_model import LogisticRegression
-
-        self.features = QueryFeatures.fit(features, train.queries.tolist())
-        train_x = self.features.of_training(train.queries.tolist())
-        dev_x = self.features.of_training(dev.queries.tolist())
-        labels, vocabulary = skill_labels(train, train_x)
-        # C=10: on static+lexical features the small-experts dev skill accuracy was 0.672 against 0.595 at C=1.
-        model = LogisticRegression(C=10.0, max_iter=1000).fit(train_x, labels)
-        skills = DomainClassifier(
-            tuple(model.classes_.tolist()), model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
-        )
-        # A dev query's skill is unknown without tags: tune by the expert picked, not by skill accuracy.
-        dev_probs = skills.predict_proba(dev_x)
-
-        def dev_accuracy(strength: float, top: int) -> float:
-            competence = smoothed_quality(labels, train.scores, skills.classes, strength)
-            predicted = top_skill_weights(dev_probs, min(top, len(skills.classes))) @ competence
-            return routing_metrics("dev", predicted, dev)["dev_accuracy"]
-
-        strength, top = max(itertools.product(STRENGTHS, TOP_SKILLS), key=lambda grid: dev_accuracy(*grid))
-        self.skills, self.k = skills, k
-        self.top_skills = min(top, len(skills.classes))
-        self.competence = smoothed_quality(labels, train.scores, skills.classes, strength)
+        """Choose the skills (`routers.discovery`), then the feature kind (FEATURE_KINDS when `features` is None),
+        the classifier's C, the prior strength and top-s on dev; profile the experts on train+dev."""
+        kinds = FEATURE_KINDS if features is None else (features,)
+        # Without tags, skills are discovered in the embedding space the (first) kind reads.
+        embedding = QueryFeatures.fit(kinds[0].partition("+")[0], train.queries.tolist())
+        labels, label_errors = route_labels(train, dev, "tags", embedding.of_training)
+        best = search_capacity(kinds, labels, train, dev)
+        skills, dev_probs, strength = best.skills, best.dev_probs, best.strength
+        self.features, self.skills, self.k = best.features, skills, k
+        self.top_skills = best.top
+        self.competence = smoothed_quality(labels.train, train.scores, skills.classes, strength)
         metrics = routing_metrics("dev", self._competence_of(dev_probs), dev)  # train-only profiles: honest dev
-        if vocabulary == "tags":
-            dev_labels = np.array([tags[-1] if tags else "" for tags in dev.tags], dtype=object)
-            metrics["dev_skill_accuracy"] = float(
-                np.mean(np.array(skills.classes)[dev_probs.argmax(axis=1)] == dev_labels)
-            )
-        # Final profiles use dev too: more queries per skill, and the skill labels are gold, not predicted.
-        both_labels = np.concatenate([labels, skill_labels_for(dev, skills, dev_probs, vocabulary)])
+        metrics["dev_error"] = best.error
+        inferred = np.array(skills.classes, dtype=object)[dev_probs.argmax(axis=1)]
+        if labels.dev.any():
+            known = labels.dev != ""
+            metrics["dev_skill_accuracy"] = float(np.mean(inferred[known] == labels.dev[known]))
+        # Final profiles use dev too: more queries per skill. A dev query's skill is its label where the
+        # vocabulary has it (given or discovered by the same rule as train's), else the inferred one.
+        dev_skills = np.where(np.isin(labels.dev, skills.classes), labels.dev, inferred)
+        both_scores = np.concatenate([train.scores, dev.scores])
         self.competence = smoothed_quality(
-            both_labels, np.concatenate([train.scores, dev.scores]), skills.classes, strength
+            np.concatenate([labels.train, dev_skills]), both_scores, skills.classes, strength
         )
         params: dict[str, Any] = {
             **self.features.params(),
-            "skill_vocabulary": vocabulary,
+            "skill_vocabulary": labels.name,
+            "skill_vocabulary_dev_error": label_errors,
             "skills": list(skills.classes),
+            "classifier_c": best.regularisation,
             "top_skills": self.top_skills,
             "prior_strength": strength,
             "k": k,
-            "aggregator": self.experts[int(np.argmax(np.concatenate([train.scores, dev.scores]).mean(axis=0)))].name,
+            "aggregator": self.experts[int(np.argmax(both_scores.mean(axis=0)))].name,
         }
         self._fitted(name, train, dev, metrics, params)
         return self
@@ -157,17 +194,3 @@ class SkillBasedRouter(QualityRouter):
             competence = data["competence"]
         features = QueryFeatures.load(directory, manifest.params)
         return cls(experts, manifest, DomainClassifier.load(directory / SKILLS_FILE), competence, features)
-
-
-def skill_labels_for(
-    dataset: RoutingDataset, skills: DomainClassifier, probs: np.ndarray, vocabulary: str
-) -> np.ndarray:
-    """Skills of extra profiling rows: their tag when it is in the vocabulary, else the inferred skill."""
-    inferred = np.array(skills.classes, dtype=object)[probs.argmax(axis=1)]
-    if vocabulary != "tags":
-        return inferred
-    known = set(skills.classes)
-    return np.array(
-        [tags[-1] if tags and tags[-1] in known else guess for tags, guess in zip(dataset.tags, inferred, strict=True)],
-        dtype=object,
-    )
