@@ -41,7 +41,7 @@ import numpy as np
 from experts.aggregate import normalise_answer
 from routers.dataset import RoutingDataset
 from routers.policy import CostPolicy, lambda_grid
-from training.evaluate import Candidate, Setting, columns_for, curve_metrics, frontier
+from training.evaluate import Candidate, Setting, columns_for, curve_metrics, frontier, reference_of
 
 CHEAP_SHARE = 0.25  # a voter costs at most this share of the best single expert's mean cost
 MAX_VOTERS = 6  # voter candidates: the most accurate of the cheap frontier experts
@@ -209,10 +209,8 @@ def report(candidate: Candidate, data: RoutingDataset, *, split: str = "test") -
         replays[name] = Replay.of(part, quality, candidate.expected_cost(part)[..., columns])
     dev_curve = frontier(search(replays["dev"], data.experts))
     held_out = replay_settings(replays[split], data.experts, dev_curve)
-    single_cost, single_accuracy = replays[split].costs.mean(axis=0) * 1000, replays[split].scores.mean(axis=0)
-    best = int(np.argmax(single_accuracy))
-    axis = (float(single_cost.min()), float(single_cost.max()))
-    oracle = float(replays[split].scores.max(axis=1).mean())
+    reference = reference_of(data.of_split(split))
+    best = int(np.argmax(replays[split].scores.mean(axis=0)))
     dev_best = float(replays["dev"].scores.mean(axis=0).max())
     chosen = {}
     for name, share in TARGETS.items():
@@ -221,13 +219,9 @@ def report(candidate: Candidate, data: RoutingDataset, *, split: str = "test") -
     return {
         "name": f"cascade:{candidate.name}",
         "kind": "cascade",
-        **curve_metrics(held_out, float(single_cost[best]), float(single_accuracy[best]), axis, oracle),
+        **curve_metrics(held_out, *reference),
         "latency_ms": None,
-        "best_single": {
-            "name": data.experts[best],
-            "accuracy": float(single_accuracy[best]),
-            "cost": float(single_cost[best]),
-        },
+        "best_single": {"name": data.experts[best], "accuracy": reference[1], "cost": reference[0]},
         "dev_curve": [s.to_json() for s in dev_curve],
         "chosen_on_dev": chosen,
     }

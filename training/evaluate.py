@@ -136,6 +136,21 @@ def curve_metrics(
     }
 
 
+def reference_of(data: RoutingDataset) -> tuple[float, float, tuple[float, float], float]:
+    """What every curve on `data` is read against (`curve_metrics`' arguments after the settings): the best single
+    expert's cost (USD per 1k queries) and accuracy, the cost axis from the cheapest to the dearest single expert,
+    and the oracle's accuracy."""
+    single_cost, single_accuracy = data.costs.mean(axis=0) * 1000, data.scores.mean(axis=0)
+    best = int(np.argmax(single_accuracy))
+    axis = (float(single_cost.min()), float(single_cost.max()))
+    return float(single_cost[best]), float(single_accuracy[best]), axis, oracle_of(data).accuracy
+
+
+def oracle_of(data: RoutingDataset) -> Setting:
+    """The oracle's one setting on `data`: the cheapest of the best answers, per query."""
+    return sweep(Oracle(data.experts).score_dataset(data), np.zeros(len(data.experts)), data, [0.0])[0]
+
+
 def evaluate(
     candidates: Sequence[Candidate],
     data: RoutingDataset,
@@ -150,9 +165,8 @@ def evaluate(
     """
     single_cost, single_accuracy = data.costs.mean(axis=0) * 1000, data.scores.mean(axis=0)
     best = int(np.argmax(single_accuracy))
-    oracle = sweep(Oracle(data.experts).score_dataset(data), np.zeros(len(data.experts)), data, [0.0])[0]
-    axis = (float(single_cost.min()), float(single_cost.max()))
-    reference = (float(single_cost[best]), float(single_accuracy[best]), axis, oracle.accuracy)
+    oracle = oracle_of(data)
+    reference = reference_of(data)
     rng = np.random.default_rng(0)
     timing_texts = list(rng.choice(data.queries, size=min(latency_queries, len(data)), replace=False))
 
@@ -199,7 +213,7 @@ def evaluate(
             for name, a, c in zip(data.experts, single_accuracy, single_cost, strict=True)
         },
         "oracle": {"accuracy": oracle.accuracy, "cost": oracle.cost},
-        "cost_axis": list(axis),
+        "cost_axis": list(reference[2]),
         "candidates": results,
         "frontier": overall_frontier(results),
         "skipped": skipped,
