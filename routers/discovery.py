@@ -82,9 +82,11 @@ def cluster_counts(n_train: int) -> list[int]:
     return [k for k in CLUSTERS if k * MIN_CLUSTER_ROWS <= n_train] or [2]
 
 
-def neighbourhood_scores(x: np.ndarray, train_x: np.ndarray, train_scores: np.ndarray) -> np.ndarray:
-    """Per row of `x`, the mean score vector of its NEIGHBOURS nearest train queries (unit vectors: cosine)."""
-    k = min(NEIGHBOURS, len(train_x))
+def neighbourhood_scores(
+    x: np.ndarray, train_x: np.ndarray, train_scores: np.ndarray, neighbours: int = NEIGHBOURS
+) -> np.ndarray:
+    """Per row of `x`, the mean score vector of its `neighbours` nearest train queries (unit vectors: cosine)."""
+    k = min(neighbours, len(train_x))
     out = np.empty((len(x), train_scores.shape[1]))
     for start in range(0, len(x), 1024):  # bounds the similarity block's memory
         similarity = x[start : start + 1024] @ train_x.T

@@ -23,6 +23,7 @@ from typing import ClassVar, Self
 import numpy as np
 
 from routers.dataset import RoutingDataset
+from routers.discovery import neighbourhood_scores
 from routers.policy import CostPolicy
 
 # Small enough that an answer's cost only breaks ties between equally scored answers.
@@ -175,10 +176,7 @@ class NearestNeighbours(EmbeddingBaseline):
         self.train_embeddings, self.train_scores = embeddings, scores
 
     def _score(self, embeddings: np.ndarray) -> np.ndarray:
-        k = min(self.k, len(self.train_embeddings))
-        similarity = embeddings @ self.train_embeddings.T  # unit vectors: cosine similarity
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        return self.train_scores[nearest].mean(axis=1)
+        return neighbourhood_scores(embeddings, self.train_embeddings, self.train_scores, self.k)
 
 
 def build_baselines(names: Sequence[str], data: RoutingDataset, *, knn_k: int = 40) -> list[Baseline]:
