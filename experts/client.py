@@ -1,8 +1,10 @@
 """Calling one expert: the client interface, what a failure is, and how each kind lets the gateway go on.
 
-The kind decides what the gateway does next: `timeout`, `refused`, `upstream_5xx`, `bad_response`
-and `broken_stream` let it fall back to the next-ranked expert (when nothing has reached the client
-yet); `upstream_4xx` is the request's own fault and goes back to the client as it is.
+The kind decides what the gateway does next: `refused` and `disconnected` (the server closed the
+connection before answering) are tried again on a new connection first; they, `timeout`,
+`upstream_5xx`, `bad_response` and `broken_stream` let it fall back to the next-ranked expert (when
+nothing has reached the client yet); `upstream_4xx` is the request's own fault and goes back to the
+client as it is.
 
 Two implementations: experts/openai_client.py calls any OpenAI-compatible server natively (the
 default, `provider: openai`); experts/litellm_client.py goes through litellm for providers that do
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 _LITELLM_PREFIX = re.compile(r"^(litellm\.\w+:\s*)?(\w+Exception\s+-\s+)?")
 _CONNECT_FAILURES = ("Cannot connect to host", "Connection refused", "ConnectError", "All connection attempts failed")
-FALLBACK_KINDS = frozenset({"timeout", "refused", "upstream_5xx", "bad_response", "broken_stream"})
+RETRY_KINDS = frozenset({"refused", "disconnected"})
+FALLBACK_KINDS = RETRY_KINDS | {"timeout", "upstream_5xx", "bad_response", "broken_stream"}
 
 
 class ExpertFailure(Exception):
@@ -101,14 +104,16 @@ class ExpertClient(ABC):
         """The answer's chunks, as OpenAI chat completion chunk dicts; an ExpertFailure when it breaks."""
 
     async def with_connect_retries(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """`call`, tried again (after a short pause) while the connection itself is refused."""
+        """`call`, tried again while the connection itself fails: after a short pause when it is refused, at once
+        when the server closed it before answering."""
         for attempt in range(self.expert.connect_retries + 1):
             try:
                 return await call()
             except ExpertFailure as failure:
-                if failure.kind != "refused" or attempt == self.expert.connect_retries:
+                if failure.kind not in RETRY_KINDS or attempt == self.expert.connect_retries:
                     raise
-            await asyncio.sleep(0.05 * (attempt + 1))
+                if failure.kind == "refused":
+                    await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
 

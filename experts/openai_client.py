@@ -79,6 +79,10 @@ class OpenAIClient(ExpertClient):
                                                       timeout=self._timeout)
         except aiohttp.ClientConnectorError as exc:
             raise ExpertFailure("refused", _line(exc), 502) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # Closed or reset before any answer: most often a pooled connection the server closed as idle just as it
+            # was reused (uvicorn, hence vLLM, closes them after 5 s), which a fresh connection gets past.
+            raise ExpertFailure("disconnected", _line(exc), 502) from exc
         except TimeoutError as exc:
             raise ExpertFailure("timeout", _line(exc) or "timed out", 504) from exc
         except aiohttp.ClientError as exc:

@@ -40,7 +40,7 @@ class ExpertConfig(Strict):
     skills: tuple[str, ...] = ()
     system_prompt: str | None = None
     timeout_s: float = Field(60.0, gt=0, description="whole call without streaming; idle gap between chunks with it")
-    connect_retries: int = Field(1, ge=0, description="extra tries when the connection itself fails")
+    connect_retries: int = Field(1, ge=0, description="extra tries when the connection itself fails (refused, or closed before any answer)")
     max_concurrency: int = Field(16, ge=1)
 
     @model_validator(mode="after")
