@@ -14,8 +14,6 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from migrations.router_versions import RouterVersions, VersionInfo
 from routers import ExpertProfile, Router, load_router
 
@@ -85,8 +83,10 @@ class RouterReloader:
                 for kind in ("active", "shadow", "ab"):
                     await self._check(name, kind, serving.get(kind))
                 self._failing.pop(name, None)
-            except (SQLAlchemyError, OSError, ValueError) as exc:  # the database down, a bad artifact: go on
-                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            # The database down, or an artifact that does not load (as many ways as its files can be damaged): say
+            # why and go on serving what is loaded; anything escaping here would end the reload loop for good.
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
                 if self._failing.get(name) != why:
                     log.warning("router %s: versions not read or loaded (%s)", name, why)
                 self._failing[name] = why

@@ -13,9 +13,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,16 +115,19 @@ class RouterVersions:
             return directory
         with Session(self.engine) as session:
             blob = session.execute(select(RouterVersionRow.artifact).where(RouterVersionRow.id == version_id)).scalar_one()
-        # Whole or absent: a crash mid-unpack leaves no half version; each process (a replica's workers share the
-        # directory) unpacks into its own, and the first to finish wins.
-        partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
-        unpack(blob, partial)
+        # Whole or absent: a crash mid-unpack leaves no half version; each call (a replica's workers share the
+        # directory, and a process may hold several replicas) unpacks into its own staging folder, and the first to
+        # finish wins.
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{directory.name}.partial-", dir=directory.parent))
         try:
+            unpack(blob, partial)
             partial.rename(directory)
         except OSError:
-            shutil.rmtree(partial)
-            if not (directory / "router.json").is_file():
+            if not (directory / "router.json").is_file():  # else another call won: the same files
                 raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone once renamed; else what a failed unpack left
         return directory
 
     def set_status(self, version_id: int, status: str) -> VersionInfo:
