@@ -86,7 +86,9 @@ def serve_app() -> FastAPI:
     """`moe serve`'s app, built by uvicorn in each worker process from the environment (MOE_CONFIG...)."""
     from gateway.app import create_app
     from gateway.observability.logs import THIRD_PARTY_WARNING_ONLY
+    from routers import one_blas_thread
 
+    one_blas_thread()  # for the life of the worker: it routes one request's query at a time
     # uvicorn configured logging before importing the app, and with it litellm, which attaches its own
     # stderr handlers at import: drop them again, so that its lines go through ours as well.
     for name in THIRD_PARTY_WARNING_ONLY:
