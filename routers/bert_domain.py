@@ -263,13 +263,10 @@ class BertDomainRouter(QualityRouter):
             dev_error=chosen_error, dev_below_threshold=float(np.mean(dev_probs.max(axis=1) < self.threshold))
         )
         predicted = np.array(classes, dtype=object)[dev_probs.argmax(axis=1)]
-        if (known := labels.dev != "").any():
-            metrics["dev_domain_accuracy"] = float(np.mean(predicted[known] == labels.dev[known]))
-        # Final tables on train+dev: twice the queries per domain. A dev query's domain is its label (given, or
-        # discovered by the rule train's were) where the classes have it, else the classifier's.
-        dev_domains = np.where(np.isin(labels.dev, classes), labels.dev, predicted)
+        if (accuracy := labels.dev_accuracy(predicted)) is not None:
+            metrics["dev_domain_accuracy"] = accuracy
         both_scores = np.concatenate([train.scores, dev.scores])
-        self.quality = smoothed_quality(np.concatenate([labels.train, dev_domains]), both_scores, classes, strength)
+        self.quality = smoothed_quality(labels.with_dev(predicted, classes), both_scores, classes, strength)
         self.overall = both_scores.mean(axis=0)
         best = self.quality.argmax(axis=1)
         params: dict[str, Any] = {

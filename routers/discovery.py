@@ -31,7 +31,7 @@ every training for no gain. Clustering raw score vectors: 0.904-0.908 and 0.525-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,16 @@ class Labels:
     @property
     def classes(self) -> list[str]:
         return sorted(set(self.train.tolist()))
+
+    def dev_accuracy(self, predicted: np.ndarray) -> float | None:
+        """How often `predicted` (a classifier's labels for dev) is a labelled dev query's label; None without any."""
+        known = self.dev != ""
+        return float(np.mean(predicted[known] == self.dev[known])) if known.any() else None
+
+    def with_dev(self, predicted: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """Train's labels then dev's, to profile the experts on both (twice the queries per label): a dev query's
+        own label (given, or discovered by the rule train's were) where `classes` has it, else `predicted`."""
+        return np.concatenate([self.train, np.where(np.isin(self.dev, classes), self.dev, predicted)])
 
 
 def given_labels(train: RoutingDataset, dev: RoutingDataset, source: str) -> Labels | None:

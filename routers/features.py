@@ -29,6 +29,8 @@ from routers import encoder
 
 KINDS = ("contextual", "static", "contextual+lexical", "static+lexical")
 DEFAULT_KIND = "static+lexical"
+# What a family chooses among on dev when no kind is given: no forward pass, so routing stays near a millisecond.
+CHEAP_KINDS = (DEFAULT_KIND, "static")
 # Artifacts written before feature kinds existed hold contextual embeddings and no lexicon.
 LEGACY_KIND = "contextual"
 LEXICON_FILE = "lexicon.npz"

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from routers.features import QueryFeatures
+from routers.features import CHEAP_KINDS, QueryFeatures
 from routers.manifest import ExpertProfile, Manifest
 from routers.policy import lambda_grid
 from routers.quality import QualityRouter, routing_metrics
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from routers.dataset import RoutingDataset
 
 HEAD_FILE = "reward_head.npz"
-CHEAP_KINDS = ("static+lexical", "static")
 
 
 # Each axis of the search with its values, the default first. `kl`'s own axes are searched only when `kl` is chosen.

@@ -10,7 +10,7 @@ their probabilities: the top k experts are recruited and the most competent expe
 aggregates their answers, as the paper picks the single best aggregator.
 
 Capacity is chosen on dev with train-only profiles, by how well they predict the experts' dev rewards
-(`routers.discovery.dev_error`): the feature kind (among FEATURE_KINDS unless one is given), the
+(`routers.discovery.dev_error`): the feature kind (among `routers.features.CHEAP_KINDS` unless one is given), the
 classifier's C, the prior strength and s. The final profiles count dev's queries too.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from routers.base import Decision
 from routers.discovery import Labels, dev_error, route_labels
 from routers.embedding_domain import DomainClassifier
-from routers.features import QueryFeatures
+from routers.features import CHEAP_KINDS, QueryFeatures
 from routers.manifest import ExpertProfile, Manifest
 from routers.quality import QualityRouter, routing_metrics, smoothed_quality
 
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 SKILLS_FILE = "skill_classifier.npz"
 PROFILES_FILE = "profiles.npz"
-# Searched on dev when no kind is given: the cheap kinds only, so routing stays well under a millisecond.
-FEATURE_KINDS = ("static+lexical", "static")
 CS = (1.0, 10.0, 100.0)  # the skill classifier's inverse regularisation
 STRENGTHS = (2.0, 5.0, 10.0, 20.0, 50.0)
 TOP_SKILLS = (1, 2, 3, 5, 8)
@@ -127,9 +125,9 @@ class SkillBasedRouter(QualityRouter):
         features: str | None = None,
         name: str = "skill-based",
     ) -> Self:
-        """Choose the skills (`routers.discovery`), then the feature kind (FEATURE_KINDS when `features` is None),
+        """Choose the skills (`routers.discovery`), then the feature kind (CHEAP_KINDS when `features` is None),
         the classifier's C, the prior strength and top-s on dev; profile the experts on train+dev."""
-        kinds = FEATURE_KINDS if features is None else (features,)
+        kinds = CHEAP_KINDS if features is None else (features,)
         # Without tags, skills are discovered in the embedding space the (first) kind reads.
         embedding = QueryFeatures.fit(kinds[0].partition("+")[0], train.queries.tolist())
         labels, label_errors = route_labels(train, dev, "tags", embedding.of_training)
@@ -141,15 +139,11 @@ class SkillBasedRouter(QualityRouter):
         metrics = routing_metrics("dev", self._competence_of(dev_probs), dev)  # train-only profiles: honest dev
         metrics["dev_error"] = best.error
         inferred = np.array(skills.classes, dtype=object)[dev_probs.argmax(axis=1)]
-        if labels.dev.any():
-            known = labels.dev != ""
-            metrics["dev_skill_accuracy"] = float(np.mean(inferred[known] == labels.dev[known]))
-        # Final profiles use dev too: more queries per skill. A dev query's skill is its label where the
-        # vocabulary has it (given or discovered by the same rule as train's), else the inferred one.
-        dev_skills = np.where(np.isin(labels.dev, skills.classes), labels.dev, inferred)
+        if (accuracy := labels.dev_accuracy(inferred)) is not None:
+            metrics["dev_skill_accuracy"] = accuracy
         both_scores = np.concatenate([train.scores, dev.scores])
         self.competence = smoothed_quality(
-            np.concatenate([labels.train, dev_skills]), both_scores, skills.classes, strength
+            labels.with_dev(inferred, skills.classes), both_scores, skills.classes, strength
         )
         params: dict[str, Any] = {
             **self.features.params(),

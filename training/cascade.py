@@ -41,7 +41,7 @@ import numpy as np
 from experts.aggregate import normalise_answer
 from routers.dataset import RoutingDataset
 from routers.policy import CostPolicy, lambda_grid
-from training.evaluate import Candidate, Setting, columns_for, curve_metrics, frontier, reference_of
+from training.evaluate import Candidate, Setting, columns_for, curve_metrics, frontier, oracle_of, reference_of
 
 CHEAP_SHARE = 0.25  # a voter costs at most this share of the best single expert's mean cost
 MAX_VOTERS = 6  # voter candidates: the most accurate of the cheap frontier experts
@@ -209,7 +209,8 @@ def report(candidate: Candidate, data: RoutingDataset, *, split: str = "test") -
         replays[name] = Replay.of(part, quality, candidate.expected_cost(part)[..., columns])
     dev_curve = frontier(search(replays["dev"], data.experts))
     held_out = replay_settings(replays[split], data.experts, dev_curve)
-    reference = reference_of(data.of_split(split))
+    held_out_data = data.of_split(split)
+    reference = reference_of(held_out_data, oracle_of(held_out_data))
     best = int(np.argmax(replays[split].scores.mean(axis=0)))
     dev_best = float(replays["dev"].scores.mean(axis=0).max())
     chosen = {}

@@ -139,14 +139,14 @@ def curve_metrics(
     }
 
 
-def reference_of(data: RoutingDataset) -> tuple[float, float, tuple[float, float], float]:
+def reference_of(data: RoutingDataset, oracle: Setting) -> tuple[float, float, tuple[float, float], float]:
     """What every curve on `data` is read against (`curve_metrics`' arguments after the settings): the best single
     expert's cost (USD per 1k queries) and accuracy, the cost axis from the cheapest to the dearest single expert,
-    and the oracle's accuracy."""
+    and the accuracy of `oracle` (`oracle_of(data)`)."""
     single_cost, single_accuracy = data.costs.mean(axis=0) * 1000, data.scores.mean(axis=0)
     best = int(np.argmax(single_accuracy))
     axis = (float(single_cost.min()), float(single_cost.max()))
-    return float(single_cost[best]), float(single_accuracy[best]), axis, oracle_of(data).accuracy
+    return float(single_cost[best]), float(single_accuracy[best]), axis, oracle.accuracy
 
 
 def oracle_of(data: RoutingDataset) -> Setting:
@@ -169,7 +169,7 @@ def evaluate(
     single_cost, single_accuracy = data.costs.mean(axis=0) * 1000, data.scores.mean(axis=0)
     best = int(np.argmax(single_accuracy))
     oracle = oracle_of(data)
-    reference = reference_of(data)
+    reference = reference_of(data, oracle)
     rng = np.random.default_rng(0)
     timing_texts = list(rng.choice(data.queries, size=min(latency_queries, len(data)), replace=False))
 
