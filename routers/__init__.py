@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "bert-domain": "routers.bert_domain:BertDomainRouter",
     "reward-distilled": "routers.reward_distilled:RewardDistilledRouter",
     "skill-based": "routers.skill_based:SkillBasedRouter",
+    "ensemble": "routers.ensemble:EnsembleRouter",
 }
 
 

@@ -76,7 +76,13 @@ def routing_metrics(prefix: str, predicted: np.ndarray, dataset: RoutingDataset)
 
 class QualityRouter(Router):
     """A router whose `score` is each expert's expected quality, trained on a RoutingDataset; with the
-    dataset's costs, it also predicts each expert's cost per query (`routers/cost.py`)."""
+    dataset's costs, it also predicts each expert's cost per query (`routers/cost.py`).
+
+    After `fit`, `dev_quality` holds its predictions for the dev rows from a fit that had not counted dev's rewards
+    (a family may count them in its final tables): what the ensemble stacks on dev without the member's hindsight.
+    """
+
+    dev_quality: np.ndarray | None = None
 
     def _fitted(
         self, name: str, train: RoutingDataset, dev: RoutingDataset, metrics: dict[str, float], params: dict[str, Any]

@@ -192,7 +192,7 @@ class RewardDistilledRouter(QualityRouter):
         best = search.run(CHEAP_KINDS if features is None else (features,))
         self.features, _, dev_x = search.of_kind(best.setting.features)
         self.head = replace(best.head, reward_range=np.array([low, high]))
-        quality = self.head.quality(dev_x)
+        quality = self.dev_quality = self.head.quality(dev_x)
         metrics = routing_metrics("dev", quality, dev)
         # Mean predicted minus mean actual reward per expert, on the rows (and entries) the calibration was fitted to.
         known = ~np.isnan(dev.scores)

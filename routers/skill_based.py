@@ -136,7 +136,8 @@ class SkillBasedRouter(QualityRouter):
         self.features, self.skills, self.k = best.features, skills, k
         self.top_skills = best.top
         self.competence = smoothed_quality(labels.train, train.scores, skills.classes, strength)
-        metrics = routing_metrics("dev", self._competence_of(dev_probs), dev)  # train-only profiles: honest dev
+        self.dev_quality = self._competence_of(dev_probs)  # train-only profiles: honest dev
+        metrics = routing_metrics("dev", self.dev_quality, dev)
         metrics["dev_error"] = best.error
         inferred = np.array(skills.classes, dtype=object)[dev_probs.argmax(axis=1)]
         if (accuracy := labels.dev_accuracy(inferred)) is not None:

@@ -1,0 +1,150 @@
+"""ensemble: trained for real on small made-up data (with and without domain labels), saved, reloaded, asked to
+route; its choice between a mix and its best member is checked on made-up predictions and on a real fit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers import ExpertProfile, load_router
+from routers import ensemble as ensemble_module
+from routers.ensemble import MEMBERS, MEMBERS_DIR, EnsembleRouter, Scorer, Selection, select, simplex
+from routers.quality import profiles_of
+from tests.routers.test_routers_trained import made_up_rows
+from training.dataset import load_dataset
+from training.train import train_router
+
+EXPERTS = [ExpertProfile("alpha"), ExpertProfile("beta")]
+MATHS, HISTORY = (
+    "What is the integral of x^3 from 0 to 5?",
+    "What caused the fall of the Ming dynasty in ancient China?",
+)
+
+
+def write_rows(path: Path, *, domains: bool) -> Path:
+    rows = made_up_rows()
+    if not domains:
+        for row in rows:
+            del row["domain"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def _trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {}
+
+
+@pytest.fixture
+def trained(router_cache: Path, _trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`ensemble` trained through `train_router` on the made-up JSONL with and without domains, once a module."""
+    if not _trained:
+        root = tmp_path_factory.mktemp("ensemble")
+        for name, domains in (("labelled", True), ("unlabelled", False)):
+            data = write_rows(root / f"{name}.jsonl", domains=domains)
+            _trained[name] = train_router("ensemble", root / name, dataset=data).directory
+    return _trained
+
+
+@pytest.mark.parametrize("name", ["labelled", "unlabelled"])
+def test_trains_on_a_jsonl_and_routes(name: str, trained: dict[str, Path]) -> None:
+    directory = trained[name]
+    manifest = json.loads((directory / "router.json").read_text())
+    assert manifest["family"] == "ensemble" and manifest["experts"] == ["alpha", "beta"]
+    params = manifest["params"]
+    assert params["candidates"] == list(MEMBERS) and set(params["members"]) <= set(MEMBERS)
+    assert sum(params["weights"]) == pytest.approx(1.0)
+    for family in params["members"]:  # each member a whole artifact of its own family
+        assert json.loads((directory / MEMBERS_DIR / family / "router.json").read_text())["family"] == family
+    router = load_router(directory, list(reversed(EXPERTS)))  # any order: columns follow the manifest
+    assert router.decide([{"role": "user", "content": MATHS}]).chosen == "alpha"
+    assert router.decide([{"role": "user", "content": HISTORY}]).chosen == "beta"
+    test = load_dataset(directory.parent / f"{name}.jsonl").of_split("test")
+    picks = router.score(test.queries.tolist()).argmax(axis=1)
+    assert test.scores[np.arange(len(test)), picks].mean() > 0.8
+
+
+def test_save_and_load_give_the_same_scores(
+    router_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def every_member(predictions: list[np.ndarray], *scorers: Scorer) -> Selection:
+        chosen = select(predictions, *scorers)
+        return replace(chosen, weights=np.array([0.25, 0.75]))
+
+    # Whatever dev would choose, a mix of both members: the round trip must carry each, and its weight.
+    monkeypatch.setattr(ensemble_module, "select", every_member)
+    data = load_dataset(write_rows(tmp_path / "rows.jsonl", domains=True))
+    train, dev, test = (data.of_split(split) for split in ("train", "dev", "test"))
+    router = EnsembleRouter(profiles_of(train)).fit(train, dev)
+    assert [member.family for member in router.members] == list(MEMBERS)
+    router.save(tmp_path / "router")
+    loaded = load_router(tmp_path / "router", EXPERTS)
+    texts = [*test.queries.tolist(), MATHS, "", "word " * 2000]
+    np.testing.assert_allclose(loaded.score(texts), router.score(texts), rtol=1e-6)
+    each = [member.score(texts) for member in router.members]
+    np.testing.assert_allclose(router.score(texts), 0.25 * each[0] + 0.75 * each[1], rtol=1e-6)
+
+
+def test_members_are_stacked_on_predictions_that_did_not_see_dev(router_cache: Path, tmp_path: Path) -> None:
+    """skill-based's final profiles count dev's rewards; what the ensemble stacks on must not."""
+    data = load_dataset(write_rows(tmp_path / "rows.jsonl", domains=True))
+    train, dev = data.of_split("train"), data.of_split("dev")
+    router = EnsembleRouter(profiles_of(train)).fit(train, dev, members=("skill-based",))
+    member = router.members[0]
+    assert member.dev_quality is not None
+    assert not np.allclose(member.dev_quality, member.score(dev.queries.tolist()))  # the refit moved them
+    assert router.manifest is not None and router.manifest.params["weights"] == [1.0]
+
+
+def test_the_mix_of_two_members_wrong_in_opposite_ways_wins() -> None:
+    truth = np.random.default_rng(0).random((40, 3))
+    error = np.random.default_rng(1).normal(0, 0.2, truth.shape)
+
+    def score(predictions: np.ndarray, rows: np.ndarray) -> float:
+        return -float(np.mean((predictions - truth[rows]) ** 2))
+
+    selection = select([truth + error, truth - error], score, score)
+    np.testing.assert_allclose(selection.weights, [0.5, 0.5])
+    assert selection.mixed and selection.mix_auc > selection.single_auc
+
+
+def test_a_mix_that_loses_on_dev_falls_back_to_the_best_member(monkeypatch: pytest.MonkeyPatch) -> None:
+    truth = np.random.default_rng(0).random((40, 3))
+    noise = np.random.default_rng(1).normal(0, 1, truth.shape)
+
+    def score(predictions: np.ndarray, rows: np.ndarray) -> float:
+        return -float(np.mean((predictions - truth[rows]) ** 2))
+
+    def worst_member(predictions: list[np.ndarray], rows: np.ndarray, scorer: object) -> np.ndarray:
+        return np.eye(len(predictions))[int(np.argmin([score(p[rows], rows) for p in predictions]))]
+
+    monkeypatch.setattr(ensemble_module, "mix_weights", worst_member)  # a stack that fits badly
+    selection = select([truth + 0.3 * noise, truth + 0.1 * noise], score, score)
+    assert not selection.mixed and selection.mix_auc < selection.single_auc
+    np.testing.assert_array_equal(selection.weights, [0.0, 1.0])  # the best member alone, not the bad mix
+
+
+@pytest.mark.parametrize("name", ["labelled", "unlabelled"])
+def test_the_fitted_ensemble_is_at_least_its_best_member_under_cross_validation(
+    name: str, trained: dict[str, Path]
+) -> None:
+    manifest = json.loads((trained[name] / "router.json").read_text())
+    metrics, params = manifest["metrics"], manifest["params"]
+    assert {f"dev_auc_{family}" for family in MEMBERS} <= set(metrics)
+    if params["combination"] == "mix":
+        assert metrics["dev_auc_cv_mix"] > metrics["dev_auc_cv_best_member"]
+        assert len(params["members"]) == len(params["weights"]) >= 1
+    else:  # the best member alone
+        assert metrics["dev_auc_cv_best_member"] >= metrics["dev_auc_cv_mix"]
+        assert params["members"] == [params["combination"]] and params["weights"] == [1.0]
+
+
+def test_simplex_weights_sum_to_one_and_include_every_member_alone() -> None:
+    grid = simplex(3)
+    np.testing.assert_allclose(grid.sum(axis=1), 1.0)
+    assert {tuple(row) for row in np.eye(3)} <= {tuple(row) for row in grid}
+    assert len(grid) == 15  # multiples of 1/4 over three members
