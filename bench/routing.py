@@ -39,8 +39,8 @@ from training.evaluation_plot import plot
 console = Console(width=160)
 DATA = ROOT.parent / "shared" / "data"
 # Every family that routes between the experts a dataset scores; the first is the default router, the one the
-# targets hold to (reward-distilled: the only family above the logistic and kNN baselines' AUC on both datasets).
-FAMILIES = ("reward-distilled", "skill-based", "bert-domain")
+# targets hold to (ensemble: reward-distilled and skill-based stacked on dev, at least either alone on both datasets).
+FAMILIES = ("ensemble", "reward-distilled", "skill-based", "bert-domain")
 QUICK_BASELINES = ("random", "single", "oracle", "true-label")  # logistic and knn embed every question first
 
 
