@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,9 @@ from migrations.router_versions import RouterVersions, VersionInfo
 from routers import ExpertProfile, Router, load_router
 
 log = logging.getLogger(__name__)
+# A version that failed to load is tried again after the poll interval doubled per failure, up to this: a damaged
+# artifact does not mend itself, and each try fetches and unpacks it whole; a new promotion is loaded at once.
+MAX_RETRY_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class RouterReloader:
         self.trials: dict[str, Trial] = {}  # router name -> the candidate serving a share of its traffic (A/B)
         self.serving: dict[tuple[str, str], int] = {}  # (router name, status) -> the version id loaded, once one is
         self._failing: dict[str, str] = {}  # router name -> why its last check failed: said once, not every poll
+        self._retry: dict[int, tuple[int, float]] = {}  # version id that failed to load -> (failures, next try)
         self._task: asyncio.Task[None] | None = None
 
     def loaded(self) -> dict[str, dict[str, int | None]]:
@@ -98,7 +103,16 @@ class RouterReloader:
             return
         share = version.traffic_share or 0.0
         if self.serving.get((name, kind)) != version.id:
-            router = await asyncio.to_thread(self._load, version)
+            failures, next_try = self._retry.get(version.id, (0, 0.0))
+            if time.monotonic() < next_try:
+                return
+            try:
+                router = await asyncio.to_thread(self._load, version)
+            except Exception:
+                delay = min(self.interval_s * 2**failures, MAX_RETRY_S)
+                self._retry[version.id] = (failures + 1, time.monotonic() + delay)
+                raise
+            self._retry.pop(version.id, None)
             if kind == "active":
                 self.routers[name] = router
             elif kind == "shadow":
