@@ -1,10 +1,9 @@
 """ensemble: trained for real on small made-up data (with and without domain labels), saved, reloaded, asked to
-route; its choice between a mix and its best member is checked on made-up predictions and on a real fit."""
+route; its choice of mix is checked on made-up predictions and on a real fit."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,9 @@ import pytest
 
 from routers import ExpertProfile, load_router
 from routers import ensemble as ensemble_module
-from routers.ensemble import MEMBERS, MEMBERS_DIR, EnsembleRouter, Scorer, Selection, select, simplex
+from routers.dataset import RoutingDataset
+from routers.discovery import dev_error
+from routers.ensemble import MEMBERS, MEMBERS_DIR, EnsembleRouter, mix_weights, simplex
 from routers.quality import profiles_of
 from tests.routers.test_routers_trained import made_up_rows
 from training.dataset import load_dataset
@@ -71,12 +72,8 @@ def test_trains_on_a_jsonl_and_routes(name: str, trained: dict[str, Path]) -> No
 def test_save_and_load_give_the_same_scores(
     router_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def every_member(predictions: list[np.ndarray], *scorers: Scorer) -> Selection:
-        chosen = select(predictions, *scorers)
-        return replace(chosen, weights=np.array([0.25, 0.75]))
-
     # Whatever dev would choose, a mix of both members: the round trip must carry each, and its weight.
-    monkeypatch.setattr(ensemble_module, "select", every_member)
+    monkeypatch.setattr(ensemble_module, "mix_weights", lambda predictions, dev: np.array([0.25, 0.75]))
     data = load_dataset(write_rows(tmp_path / "rows.jsonl", domains=True))
     train, dev, test = (data.of_split(split) for split in ("train", "dev", "test"))
     router = EnsembleRouter(profiles_of(train)).fit(train, dev)
@@ -100,47 +97,44 @@ def test_members_are_stacked_on_predictions_that_did_not_see_dev(router_cache: P
     assert router.manifest is not None and router.manifest.params["weights"] == [1.0]
 
 
+def made_up_dev(truth: np.ndarray) -> RoutingDataset:
+    n, m = truth.shape
+    return RoutingDataset(
+        queries=np.array([f"q{i}" for i in range(n)], dtype=object),
+        experts=tuple(f"e{j}" for j in range(m)),
+        scores=truth,
+        costs=np.ones((n, m)),
+        domains=np.full(n, "", dtype=object),
+        tags=tuple(() for _ in range(n)),
+        split=np.full(n, "dev", dtype=object),
+    )
+
+
 def test_the_mix_of_two_members_wrong_in_opposite_ways_wins() -> None:
     truth = np.random.default_rng(0).random((40, 3))
     error = np.random.default_rng(1).normal(0, 0.2, truth.shape)
-
-    def score(predictions: np.ndarray, rows: np.ndarray) -> float:
-        return -float(np.mean((predictions - truth[rows]) ** 2))
-
-    selection = select([truth + error, truth - error], score, score)
-    np.testing.assert_allclose(selection.weights, [0.5, 0.5])
-    assert selection.mixed and selection.mix_auc > selection.single_auc
+    np.testing.assert_allclose(mix_weights([truth + error, truth - error], made_up_dev(truth)), [0.5, 0.5])
 
 
-def test_a_mix_that_loses_on_dev_falls_back_to_the_best_member(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_member_better_alone_than_in_any_mix_is_kept_alone() -> None:
     truth = np.random.default_rng(0).random((40, 3))
     noise = np.random.default_rng(1).normal(0, 1, truth.shape)
-
-    def score(predictions: np.ndarray, rows: np.ndarray) -> float:
-        return -float(np.mean((predictions - truth[rows]) ** 2))
-
-    def worst_member(predictions: list[np.ndarray], rows: np.ndarray, scorer: object) -> np.ndarray:
-        return np.eye(len(predictions))[int(np.argmin([score(p[rows], rows) for p in predictions]))]
-
-    monkeypatch.setattr(ensemble_module, "mix_weights", worst_member)  # a stack that fits badly
-    selection = select([truth + 0.3 * noise, truth + 0.1 * noise], score, score)
-    assert not selection.mixed and selection.mix_auc < selection.single_auc
-    np.testing.assert_array_equal(selection.weights, [0.0, 1.0])  # the best member alone, not the bad mix
+    dev = made_up_dev(truth)
+    members = [truth + 0.3 * noise, truth + 0.1 * noise]  # the second is closer; both err the same way
+    np.testing.assert_array_equal(mix_weights(members, dev), [0.0, 1.0])
+    assert dev_error(members[1], dev) < dev_error(0.25 * members[0] + 0.75 * members[1], dev)
 
 
 @pytest.mark.parametrize("name", ["labelled", "unlabelled"])
-def test_the_fitted_ensemble_is_at_least_its_best_member_under_cross_validation(
-    name: str, trained: dict[str, Path]
-) -> None:
+def test_the_fitted_ensemble_is_the_mix_with_the_least_dev_error(name: str, trained: dict[str, Path]) -> None:
     manifest = json.loads((trained[name] / "router.json").read_text())
     metrics, params = manifest["metrics"], manifest["params"]
-    assert {f"dev_auc_{family}" for family in MEMBERS} <= set(metrics)
-    if params["combination"] == "mix":
-        assert metrics["dev_auc_cv_mix"] > metrics["dev_auc_cv_best_member"]
-        assert len(params["members"]) == len(params["weights"]) >= 1
-    else:  # the best member alone
-        assert metrics["dev_auc_cv_best_member"] >= metrics["dev_auc_cv_mix"]
-        assert params["members"] == [params["combination"]] and params["weights"] == [1.0]
+    members = {f"dev_error_{family}": metrics[f"dev_error_{family}"] for family in MEMBERS}
+    assert metrics["dev_error"] <= min(members.values()) + 1e-12  # each member alone is on the grid
+    if len(params["members"]) == 1:
+        assert params["weights"] == [1.0] and metrics["dev_error"] == pytest.approx(
+            metrics[f"dev_error_{params['members'][0]}"]
+        )
 
 
 def test_simplex_weights_sum_to_one_and_include_every_member_alone() -> None:
