@@ -15,8 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from routers.cost import CostModel
 
 SPLITS = ("train", "dev", "test")
 
@@ -70,6 +75,15 @@ class RoutingDataset:
             costs=self.costs[:, cols],
             answers=None if self.answers is None else self.answers[:, cols],
         )
+
+    @cached_property
+    def cost_model(self) -> CostModel | None:
+        """Each expert's cost per query predicted from its words (routers/cost.py), fitted on these rows once: a
+        family's search and its last step, and an ensemble's members, trained on one dataset read the same one
+        (a fit takes about 10 s on the MMLU-Pro pool's train split)."""
+        from routers.cost import CostModel
+
+        return CostModel.fit(self.queries.tolist(), self.costs)
 
     def mean_cost(self) -> np.ndarray:
         """Per expert, the average cost of one answer: what cost-aware policies expect to pay."""

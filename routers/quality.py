@@ -89,7 +89,7 @@ class QualityRouter(Router):
     ) -> None:
         """The last step of every family's fit: the per-query cost model, the cost knobs calibrated on dev
         (`q90`, `q95`, `q100`: see routers/policy.py) and the manifest."""
-        self.cost_model = CostModel.fit(train.queries.tolist(), train.costs)
+        self.cost_model = train.cost_model
         dev_texts = dev.queries.tolist()
         calibration = {}
         if len(dev):

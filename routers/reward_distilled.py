@@ -87,13 +87,11 @@ class Search:
     """Fits and scores settings on one train / dev pair; features computed once per kind."""
 
     def __init__(self, train: RoutingDataset, dev: RoutingDataset, low: float, high: float) -> None:
-        from routers.cost import CostModel
-
         self.train, self.dev = train, dev
         span = (high - low) or 1.0
         self.unit, self.dev_unit = (train.scores - low) / span, (dev.scores - low) / span
         self.partial = bool(np.isnan(self.unit).any() or np.isnan(self.dev_unit).any())
-        cost_model = CostModel.fit(train.queries.tolist(), train.costs)
+        cost_model = train.cost_model
         self.dev_cost = cost_model(dev.queries.tolist()) if cost_model else np.tile(train.mean_cost(), (len(dev), 1))
         self.features: dict[str, tuple[QueryFeatures, np.ndarray, np.ndarray]] = {}
         self.tried: list[tuple[Setting, float]] = []

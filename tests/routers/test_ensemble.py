@@ -11,6 +11,7 @@ import pytest
 
 from routers import ExpertProfile, load_router
 from routers import ensemble as ensemble_module
+from routers.cost import CostModel
 from routers.dataset import RoutingDataset
 from routers.discovery import dev_error
 from routers.ensemble import MEMBERS, MEMBERS_DIR, EnsembleRouter, mix_weights, simplex
@@ -95,6 +96,24 @@ def test_members_are_stacked_on_predictions_that_did_not_see_dev(router_cache: P
     assert member.dev_quality is not None
     assert not np.allclose(member.dev_quality, member.score(dev.queries.tolist()))  # the refit moved them
     assert router.manifest is not None and router.manifest.params["weights"] == [1.0]
+
+
+def test_one_cost_model_is_fitted_for_the_ensemble_and_its_members(
+    router_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fits: list[int] = []
+    fit = CostModel.fit.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[CostModel], texts: list[str], costs: np.ndarray) -> CostModel | None:
+        fits.append(len(texts))
+        return fit(cls, texts, costs)
+
+    monkeypatch.setattr(CostModel, "fit", classmethod(counted))
+    data = load_dataset(write_rows(tmp_path / "rows.jsonl", domains=True))
+    train, dev = data.of_split("train"), data.of_split("dev")
+    router = EnsembleRouter(profiles_of(train)).fit(train, dev)
+    assert fits == [len(train)]  # reward-distilled's search, each member's manifest and the ensemble's: one fit
+    assert router.cost_model is not None and all(member.cost_model is router.cost_model for member in router.members)
 
 
 def made_up_dev(truth: np.ndarray) -> RoutingDataset:
