@@ -11,7 +11,8 @@ STACK_STEP (so each member alone is on it too), the one whose mixed dev predicti
 own capacities too). Not the dev AUC of the cost-quality curve, which scores the picked experts only: on the
 MMLU-Pro pool's three small experts, dev AUC ranked reward-distilled alone first (0.4525 against skill-based's
 0.4481) and the Brier score skill-based (0.2229 against 0.2415), which test ranks first (AUC 0.4527 against
-0.4481); on the pool's seven experts and on ZeroEval both chose the same mix, or one step apart.
+0.4481). Elsewhere the two picked mixes test scores alike: reward-distilled's weight 0.5 by dev AUC and 0.25 by
+Brier on the pool's seven experts (test AUC 0.5564 and 0.5556), 0.25 and 0.75 on ZeroEval (0.9075 and 0.9092).
 
 Plain learners (a logistic regression per expert, kNN, RouteLLM's matrix factorisation, a classifier of the
 domain with per-domain mean rewards) were members of an earlier version and are not: stacked among themselves on
