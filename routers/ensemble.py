@@ -2,8 +2,9 @@
 
 Members (`MEMBERS`): reward-distilled and skill-based, each fitted on train with its own capacity chosen on dev,
 as it would be alone. Their predictions for the dev rows come from fits that had not counted dev's rewards
-(`QualityRouter.dev_quality`: skill-based's final profiles count dev too). bert-domain is not a member: one epoch
-of its fine-tuning on the MMLU-Pro pool's train split takes longer on two cores than the training-time budget.
+(`QualityRouter.dev_quality`: skill-based's final profiles count dev too). bert-domain is not a member: it would
+add its fine-tuning (255-261 s on the MMLU-Pro pool's train split, 2 cores) to every training and about 5 ms to
+every decision, ten times the members' together; whether its predictions would earn that is not measured.
 
 The mix: one non-negative weight per member, shared by every expert, from a grid on the simplex in steps of
 STACK_STEP (so each member alone is on it too), the one whose mixed dev predictions have the lowest dev error
