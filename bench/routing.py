@@ -39,7 +39,7 @@ from training.evaluation_plot import plot
 console = Console(width=160)
 DATA = ROOT.parent / "shared" / "data"
 # Every family that routes between the experts a dataset scores; the first is the default router, the one the
-# targets hold to (ensemble: reward-distilled and skill-based stacked on dev, at least either alone on both datasets).
+# targets hold to (ensemble: reward-distilled and skill-based mixed by their dev error, routers/ensemble.py).
 FAMILIES = ("ensemble", "reward-distilled", "skill-based", "bert-domain")
 QUICK_BASELINES = ("random", "single", "oracle", "true-label")  # logistic and knn embed every question first
 

@@ -33,12 +33,13 @@ import numpy as np
 
 from routers.discovery import dev_error
 from routers.manifest import ExpertProfile, Manifest
-from routers.quality import QualityRouter, routing_metrics
+from routers.quality import FeatureRouter, QualityRouter, routing_metrics
 
 if TYPE_CHECKING:
     from routers.dataset import RoutingDataset
 
 MEMBERS = ("reward-distilled", "skill-based")
+
 MEMBERS_DIR = "members"  # each member's own artifact, in a folder named after its family
 STACK_STEP = 0.25
 
@@ -64,7 +65,7 @@ class EnsembleRouter(QualityRouter):
         self,
         experts: Sequence[ExpertProfile],
         manifest: Manifest | None = None,
-        members: Sequence[QualityRouter] = (),
+        members: Sequence[FeatureRouter] = (),
         weights: np.ndarray | None = None,
     ) -> None:
         super().__init__(experts, manifest)
@@ -86,10 +87,13 @@ class EnsembleRouter(QualityRouter):
 
         if not len(train) or not len(dev):
             raise ValueError("the ensemble needs train and dev rows: its mix is chosen on dev")
-        fitted: list[QualityRouter] = []
+        fitted: list[FeatureRouter] = []
         for family in members:
             member = router_class(family)(self.experts)
-            assert isinstance(member, QualityRouter)
+            if not isinstance(member, FeatureRouter):
+                raise ValueError(
+                    f"{family} is not a family the ensemble can mix: it does not score from query features"
+                )
             fitted.append(member.fit(train, dev, **({"features": features} if features else {})))
         dev_predictions = [member.dev_quality for member in fitted if member.dev_quality is not None]
         if len(dev_predictions) != len(fitted):
@@ -116,10 +120,21 @@ class EnsembleRouter(QualityRouter):
         return self
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
+        """The weighted sum of the members' scores (each in the data's reward units; the weights sum to one). The
+        query's embedding is most of a member's decision (0.22 of 0.25 ms for reward-distilled on the MMLU-Pro
+        pool), so members reading one encoder share it: computed once per request, not once per member."""
         if not self.members or self.weights is None:
             raise RuntimeError("the router is not fitted")
-        # Every member predicts in the data's reward units, and the weights sum to one: the mix is in them too.
-        return sum(w * member.score(texts) for w, member in zip(self.weights, self.members, strict=True))
+        embeddings: dict[tuple[str, str | None], np.ndarray] = {}
+        total = np.zeros((len(texts), len(self.experts)))
+        for weight, member in zip(self.weights, self.members, strict=True):
+            features = member.features
+            assert features is not None  # a fitted or loaded member has them
+            key = (features.encoder, features.identity)
+            if key not in embeddings:
+                embeddings[key] = features.embed(texts)
+            total += weight * member.score_features(features.with_embeddings(texts, embeddings[key]))
+        return total
 
     def _save(self, directory: Path) -> None:
         for member in self.members:
@@ -130,6 +145,7 @@ class EnsembleRouter(QualityRouter):
         from routers import load_router
 
         members = [load_router(directory / MEMBERS_DIR / family, experts) for family in manifest.params["members"]]
-        assert all(isinstance(member, QualityRouter) for member in members)
+        if not all(isinstance(member, FeatureRouter) for member in members):
+            raise ValueError(f"{directory}: a member does not score from query features")
         weights = np.array(manifest.params["weights"], dtype=np.float64)
         return cls(experts, manifest, members, weights)  # type: ignore[arg-type]

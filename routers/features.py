@@ -107,7 +107,14 @@ class QueryFeatures:
         return encoder.cached_embeddings(texts) if cached else encoder.embed(texts, identity=self.identity)
 
     def _features(self, texts: Sequence[str], *, cached: bool) -> np.ndarray:
-        embeddings = self._embed(texts, cached=cached)
+        return self.with_embeddings(texts, self._embed(texts, cached=cached))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The encoder's part of `self(texts)`: what several routers reading one encoder can compute once."""
+        return self._embed(list(texts), cached=False)
+
+    def with_embeddings(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+        """`self(texts)` from `embeddings`, the texts' `embed` by this encoder."""
         return embeddings if self.lexicon is None else np.hstack([self.lexicon(texts), embeddings])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 
 from routers.base import Router
 from routers.cost import CostModel
+from routers.features import QueryFeatures
 from routers.manifest import ExpertProfile, Manifest, data_hash
 from routers.policy import calibrate
 
@@ -129,3 +130,19 @@ class QualityRouter(Router):
         router = cls._load(directory, manifest, aligned_profiles(manifest.experts, experts))
         router.cost_model = CostModel.load(directory)
         return router
+
+
+class FeatureRouter(QualityRouter):
+    """A quality router that scores from its query features (`routers.features`): reward-distilled and skill-based.
+    Handing it features computed once lets several such routers share a request's embedding (the ensemble)."""
+
+    features: QueryFeatures | None = None
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        if self.features is None:
+            raise RuntimeError("the router is not fitted")
+        return self.score_features(self.features(texts))
+
+    def score_features(self, x: np.ndarray) -> np.ndarray:
+        """`score` from the texts' features (`self.features`)."""
+        raise NotImplementedError

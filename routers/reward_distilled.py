@@ -40,7 +40,7 @@ import numpy as np
 from routers.features import CHEAP_KINDS, QueryFeatures
 from routers.manifest import ExpertProfile, Manifest
 from routers.policy import lambda_grid
-from routers.quality import QualityRouter, routing_metrics
+from routers.quality import FeatureRouter, routing_metrics
 from routers.reward_head import RewardHead, fit_head, tag_enhanced
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def dev_auc(quality: np.ndarray, expected_cost: np.ndarray, dev: RoutingDataset)
     return area_under(envelope(settings), float(single.min()), float(single.max()))
 
 
-class RewardDistilledRouter(QualityRouter):
+class RewardDistilledRouter(FeatureRouter):
     family = "reward-distilled"
     learns_from_partial_scores = True
 
@@ -215,10 +215,10 @@ class RewardDistilledRouter(QualityRouter):
         )
         return self
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        if self.head is None or self.features is None:
+    def score_features(self, x: np.ndarray) -> np.ndarray:
+        if self.head is None:
             raise RuntimeError("the router is not fitted")
-        return self.head.quality(self.features(texts))
+        return self.head.quality(x)
 
     def _save(self, directory: Path) -> None:
         assert self.head is not None and self.features is not None

@@ -29,7 +29,7 @@ from routers.discovery import Labels, dev_error, route_labels
 from routers.embedding_domain import DomainClassifier
 from routers.features import CHEAP_KINDS, QueryFeatures
 from routers.manifest import ExpertProfile, Manifest
-from routers.quality import QualityRouter, routing_metrics, smoothed_quality
+from routers.quality import FeatureRouter, routing_metrics, smoothed_quality
 
 if TYPE_CHECKING:
     from routers.dataset import RoutingDataset
@@ -97,7 +97,7 @@ def search_capacity(kinds: Sequence[str], labels: Labels, train: RoutingDataset,
     return best
 
 
-class SkillBasedRouter(QualityRouter):
+class SkillBasedRouter(FeatureRouter):
     family = "skill-based"
 
     def __init__(
@@ -164,10 +164,10 @@ class SkillBasedRouter(QualityRouter):
         assert self.competence is not None
         return top_skill_weights(skill_probs, self.top_skills) @ self.competence
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        if self.skills is None or self.features is None:
+    def score_features(self, x: np.ndarray) -> np.ndarray:
+        if self.skills is None:
             raise RuntimeError("the router is not fitted")
-        return self._competence_of(self.skills.predict_proba(self.features(texts)))
+        return self._competence_of(self.skills.predict_proba(x))
 
     def _decision(
         self, scores: np.ndarray, policy: CostPolicy | None, cost: np.ndarray | None, latency_ms: float

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routers import ExpertProfile, load_router
+from routers import ExpertProfile, encoder, load_router
 from routers import ensemble as ensemble_module
 from routers.cost import CostModel
 from routers.dataset import RoutingDataset
@@ -85,6 +85,27 @@ def test_save_and_load_give_the_same_scores(
     np.testing.assert_allclose(loaded.score(texts), router.score(texts), rtol=1e-6)
     each = [member.score(texts) for member in router.members]
     np.testing.assert_allclose(router.score(texts), 0.25 * each[0] + 0.75 * each[1], rtol=1e-6)
+
+
+def test_members_share_one_embedding_per_request(
+    router_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both members read the static encoder: the ensemble embeds a request once and scores as its members do."""
+    monkeypatch.setattr(ensemble_module, "mix_weights", lambda predictions, dev: np.array([0.5, 0.5]))
+    data = load_dataset(write_rows(tmp_path / "rows.jsonl", domains=True))
+    train, dev = data.of_split("train"), data.of_split("dev")
+    router = EnsembleRouter(profiles_of(train)).fit(train, dev, features="static+lexical")
+    expected = 0.5 * router.members[0].score([MATHS]) + 0.5 * router.members[1].score([MATHS])
+    calls: list[int] = []
+    embed_static = encoder.embed_static
+
+    def counted(texts: list[str], identity: str | None = None) -> np.ndarray:
+        calls.append(len(texts))
+        return embed_static(texts, identity)
+
+    monkeypatch.setattr(encoder, "embed_static", counted)
+    np.testing.assert_allclose(router.score([MATHS]), expected, rtol=1e-6)
+    assert calls == [1]
 
 
 def test_members_are_stacked_on_predictions_that_did_not_see_dev(router_cache: Path, tmp_path: Path) -> None:
