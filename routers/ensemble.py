@@ -101,6 +101,8 @@ class EnsembleRouter(QualityRouter):
         weights = mix_weights(dev_predictions, dev)
         kept = np.flatnonzero(weights > 0)
         self.members, self.weights = [fitted[i] for i in kept], weights[kept]
+        for member in self.members:
+            member.cost_model = None  # the ensemble prices its decisions; a member's copy would be saved and loaded unused
         self.dev_quality = np.tensordot(weights, np.stack(dev_predictions), axes=1)
         metrics = {
             **routing_metrics("dev", self.dev_quality, dev),

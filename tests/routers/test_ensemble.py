@@ -11,7 +11,7 @@ import pytest
 
 from routers import ExpertProfile, encoder, load_router
 from routers import ensemble as ensemble_module
-from routers.cost import CostModel
+from routers.cost import COST_FILE, CostModel
 from routers.dataset import RoutingDataset
 from routers.discovery import dev_error
 from routers.ensemble import MEMBERS, MEMBERS_DIR, EnsembleRouter, mix_weights, simplex
@@ -85,6 +85,9 @@ def test_save_and_load_give_the_same_scores(
     np.testing.assert_allclose(loaded.score(texts), router.score(texts), rtol=1e-6)
     each = [member.score(texts) for member in router.members]
     np.testing.assert_allclose(router.score(texts), 0.25 * each[0] + 0.75 * each[1], rtol=1e-6)
+    # One cost model prices the decisions, the ensemble's: members carry none.
+    assert [p.parent.name for p in (tmp_path / "router").rglob(COST_FILE)] == ["router"]
+    np.testing.assert_allclose(loaded.query_cost(texts), router.query_cost(texts), rtol=1e-6)
 
 
 def test_members_share_one_embedding_per_request(
@@ -134,7 +137,7 @@ def test_one_cost_model_is_fitted_for_the_ensemble_and_its_members(
     train, dev = data.of_split("train"), data.of_split("dev")
     router = EnsembleRouter(profiles_of(train)).fit(train, dev)
     assert fits == [len(train)]  # reward-distilled's search, each member's manifest and the ensemble's: one fit
-    assert router.cost_model is not None and all(member.cost_model is router.cost_model for member in router.members)
+    assert router.cost_model is not None and all(member.cost_model is None for member in router.members)
 
 
 def made_up_dev(truth: np.ndarray) -> RoutingDataset:
