@@ -82,7 +82,9 @@ class RouterReloader:
     async def check(self) -> None:
         """Serve each router's active version, decide beside it with its shadow version and give its A/B candidate
         its share, loading what is not loaded already (one query per router and poll)."""
+        named: set[int] | None = set()  # the version ids the database names this poll; None: not known for all
         for name in list(self.routers):
+            serving: dict[str, VersionInfo] | None = None
             try:
                 serving = await asyncio.to_thread(self.versions.serving, name)
                 for kind in ("active", "shadow", "ab"):
@@ -95,6 +97,13 @@ class RouterReloader:
                 if self._failing.get(name) != why:
                     log.warning("router %s: versions not read or loaded (%s)", name, why)
                 self._failing[name] = why
+            if serving is None:
+                named = None
+            elif named is not None:
+                named |= {version.id for version in serving.values()}
+        if named is not None:  # a version no longer named (retired, replaced) will not be tried again
+            for version_id in self._retry.keys() - named:
+                del self._retry[version_id]
 
     async def _check(self, name: str, kind: str, version: VersionInfo | None) -> None:
         if version is None:

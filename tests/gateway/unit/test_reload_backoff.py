@@ -1,5 +1,5 @@
 """A router version that fails to load is tried again after a growing wait, not on every poll; a newly promoted
-version is loaded at once."""
+version is loaded at once, and the wait of a version no longer named is forgotten."""
 
 from __future__ import annotations
 
@@ -56,6 +56,11 @@ def test_a_failing_version_is_retried_after_a_doubling_wait_and_a_new_one_at_onc
     clock[0] = 7.5
     asyncio.run(reloader.check())
     assert tried[-1] == (2, 7.5) and served["r"] == "router 2"
+
+    versions.active = version(1)  # reverted to: its wait was forgotten once no longer named, so it is tried at once
+    clock[0] = 7.6
+    asyncio.run(reloader.check())
+    assert tried[-1] == (1, 7.6)
 
 
 def test_the_wait_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
