@@ -146,7 +146,9 @@ def main() -> None:
                 training[key] = train_missing(key, data, directory, args.families, args.retrain, args.limit)
             routers = sorted(p for p in directory.glob("*") if (p / "router.json").is_file())
             console.print(f"[bold]{key}[/]: {len(data.experts)} experts, routers {[p.name for p in routers]}")
-            report = run_scenario(data, "test", routers, baselines, latency_queries=args.latency_queries)
+            report = run_scenario(
+                data, "test", routers, baselines, latency_queries=args.latency_queries, paired_with=FAMILIES[0]
+            )
             reports[key] = with_cascade(report, data, directory / FAMILIES[0])
             console.print(summary_table(reports[key], f"{key} (test)"))
 

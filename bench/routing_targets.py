@@ -1,7 +1,8 @@
 """What the routing benchmark holds every dataset to (issue 18), read off training/evaluate.py's scenario reports.
 
 - `beats_baselines`: the default router's AUC and its accuracy at half the best single expert's cost are at least
-  every plain baseline's (logistic, kNN, routing by the true label where the data has labels).
+  every plain baseline's (logistic, kNN, routing by the true label where the data has labels); beside each, the
+  paired bootstrap's 95% interval of the router's lead (training/bootstrap.py), which the check does not read.
 - `budgets`: for each (accuracy share, cost share), some candidate that routes (a router or the agreement cascade,
   not a reference) has a measured setting reaching that share of the best single expert's accuracy within that
   share of its cost.
@@ -26,11 +27,14 @@ def beats_baselines(report: dict[str, Any], default: str) -> dict[str, Any]:
         return {"router": default, "met": False, "note": "no artifact of the default router"}
     checks = {}
     for baseline in (r for r in report["candidates"] if is_plain(r["name"])):
+        paired = baseline.get("paired", {})
         checks[baseline["name"]] = {
             metric: {
                 "router": router[metric],
                 "baseline": baseline[metric],
                 "met": router[metric] is not None and (baseline[metric] is None or router[metric] >= baseline[metric]),
+                # the router's lead, resample by resample (training/bootstrap.py): how much is the split's luck
+                **({"lead_interval_95": paired[metric]["interval"]} if paired.get(metric) else {}),
             }
             for metric in ("auc", "accuracy_at_half_cost")
         }

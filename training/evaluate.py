@@ -39,6 +39,7 @@ from routers.dataset import RoutingDataset
 from routers.frontier import Setting, accuracy_at, area_under, cost_at, envelope, frontier, sweep
 from routers.policy import CostPolicy, lambda_grid
 from training.baselines import Oracle
+from training.bootstrap import Outcomes, paired_lead
 
 LATENCY_QUERIES = 200
 SCORE_BATCH = 256
@@ -160,11 +161,14 @@ def evaluate(
     *,
     latency_queries: int = LATENCY_QUERIES,
     on_start: Callable[[str, int], Progress] | None = None,
+    paired_with: str | None = None,
 ) -> dict[str, Any]:
     """Replay `candidates` on `data` (one split, its experts = the scenario); the report as JSON-ready dicts.
 
     Candidates lacking one of the scenario's experts are listed under `skipped`. `on_start(task, total)`
     is told of each stage and returns a callback to report progress through it (for progress bars).
+    `paired_with`: a candidate's name; every other curve then gets `paired`, that candidate's lead over it with
+    its bootstrap interval (training/bootstrap.py).
     """
     single_cost, single_accuracy = data.costs.mean(axis=0) * 1000, data.scores.mean(axis=0)
     best = int(np.argmax(single_accuracy))
@@ -174,6 +178,7 @@ def evaluate(
     timing_texts = list(rng.choice(data.queries, size=min(latency_queries, len(data)), replace=False))
 
     results, skipped = [], []
+    outcomes: dict[str, Outcomes] = {}
     for candidate in candidates:
         columns = columns_for(candidate, data.experts)
         if columns is None:
@@ -198,10 +203,16 @@ def evaluate(
         if candidate.fixed_lambda is None:
             recorded = sweep(quality, data.costs, data, lambda_grid(quality, data.costs))
             result["recorded_cost"] = curve_metrics(recorded, *reference)
+            if paired_with is not None:
+                outcomes[candidate.name] = Outcomes.of(quality, cost, data, np.asarray(lambdas))
         if hasattr(candidate, "decide_one") and timing_texts:
             tick = on_start(f"latency {candidate.name}", len(timing_texts)) if on_start else None
             result["latency_ms"] = routing_latency(candidate, timing_texts, CostPolicy(), tick)
         results.append(result)
+    if (leader := outcomes.get(paired_with or "")) is not None:
+        for result in results:
+            if result["name"] != paired_with and result["name"] in outcomes:
+                result["paired"] = {"leader": paired_with, **paired_lead(leader, outcomes[result["name"]], data)}
 
     return {
         "n": len(data),
@@ -335,13 +346,16 @@ def run_scenario(
     knn_k: int = 40,
     latency_queries: int = LATENCY_QUERIES,
     on_start: Callable[[str, int], Progress] | None = None,
+    paired_with: str | None = None,
 ) -> dict[str, Any]:
-    """Fit the baselines on `data`'s train split, load the routers, replay everything on `split`."""
+    """Fit the baselines on `data`'s train split, load the routers, replay everything on `split` (`evaluate`)."""
     from training.baselines import build_baselines
 
     routers, skipped = load_router_candidates(router_dirs, data)
     candidates: list[Any] = [*routers, *build_baselines(baselines, data, knn_k=knn_k)]
-    report = evaluate(candidates, data.of_split(split), latency_queries=latency_queries, on_start=on_start)
+    report = evaluate(
+        candidates, data.of_split(split), latency_queries=latency_queries, on_start=on_start, paired_with=paired_with
+    )
     report["split"] = split
     report["skipped"] = skipped + report["skipped"]
     return report
