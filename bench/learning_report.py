@@ -43,13 +43,18 @@ def top_choice_accuracy(data: RoutingDataset, directory: Path) -> float:
 def measure(pool: Pool, start: Path, retrained: Mapping[int, Path], full: Mapping[int, Path],
             manifests: Mapping[int, Manifest], held_out: Mapping[int, np.ndarray]) -> dict[str, Any]:
     """The start, retrained and full-information routers on the test split; per checkpoint the recovery of the AUC
-    gap and the retrain's off-policy estimate against the candidate's measured top-choice accuracy, on the test
-    split (the target) and on the held-out logged questions it was computed from (`held_out`: their pool rows),
-    which tells the estimator's own error from the difference between the train and test questions."""
+    gap (with the bootstrap intervals of the gap and of the retrained router's gain: a gap inside the test split's
+    noise makes the ratio noise too) and the retrain's off-policy estimate against the candidate's measured
+    top-choice accuracy, on the test split (the target) and on the held-out logged questions it was computed from
+    (`held_out`: their pool rows), which tells the estimator's own error from the difference between the train and
+    test questions."""
     dataset = from_pool(pool)
     directories = [start, *retrained.values(), *full.values()]
-    report = run_scenario(dataset, "test", directories, [], latency_queries=0)
+    report = run_scenario(dataset, "test", directories, [], latency_queries=0, paired_with=start.name)
     by_name = {result["name"]: _replayed(result) for result in report["candidates"]}
+    # Each router's AUC gain over the start, 95% interval over resamples of the test questions (training/bootstrap.py).
+    gain_interval = {result["name"]: [-bound for bound in reversed(result["paired"]["auc"]["interval"])]
+                     for result in report["candidates"] if "paired" in result}
     begin = by_name[start.name]
     checkpoints = []
     for logged, directory in retrained.items():
@@ -63,6 +68,8 @@ def measure(pool: Pool, start: Path, retrained: Mapping[int, Path], full: Mappin
             "retrained": {"version": manifests[logged].version, **mine},
             "full_information": best,
             "auc_gap": gap,
+            "auc_gap_interval_95": gain_interval[full[logged].name],
+            "retrained_gain_interval_95": gain_interval[directory.name],
             "recovery": (mine["auc"] - begin["auc"]) / gap if gap > 0 else None,
             "offpolicy": {**{name: metrics.get(name) for name in OFFPOLICY_METRICS},
                           "measured_top_choice_accuracy": mine["top_choice_accuracy"],
@@ -133,10 +140,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.axhline(0, color="grey", lw=0.6)
     left.set_ylabel("recovery of the AUC gap, start -> full information")
     left.set_title("recovery against requests logged")
-    right.plot(logged, [c["retrained"]["auc"] for c in points], marker="o", lw=2, label="retrained from the log")
-    right.plot(logged, [c["full_information"]["auc"] for c in points], marker="s", ls="--",
-               label="full information, same questions")
-    right.axhline(report["start"]["auc"], color="grey", ls=":",
+    start = report["start"]["auc"]
+    for key, interval, style, label in (("retrained", "retrained_gain_interval_95", {"marker": "o", "lw": 2},
+                                         "retrained from the log"),
+                                        ("full_information", "auc_gap_interval_95", {"marker": "s", "ls": "--"},
+                                         "full information, same questions")):
+        auc = np.array([c[key]["auc"] for c in points])
+        bounds = np.array([c[interval] for c in points]) + start  # the gain's 95% interval, over resampled questions
+        right.errorbar(logged, auc, yerr=[auc - bounds[:, 0], bounds[:, 1] - auc], capsize=3,
+                       label=f"{label} (95% interval of its gain)", **style)
+    right.axhline(start, color="grey", ls=":",
                   label=f"start ({report['settings']['start_questions']} questions)")
     right.set_ylabel("AUC of the cost-quality curve (test split)")
     right.set_title("area under the cost-quality curve")
