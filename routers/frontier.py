@@ -23,15 +23,24 @@ class Setting:
         return {"lambda": self.lam, "cost": self.cost, "accuracy": self.accuracy}
 
 
+def choices(quality: np.ndarray, expected_cost: np.ndarray, lambdas: Sequence[float]) -> np.ndarray:
+    """int [L, n]: the cost policy's choice per lam and query."""
+    return np.stack([CostPolicy(lam=float(lam)).choose(quality, expected_cost) for lam in lambdas])
+
+
 def sweep(
     quality: np.ndarray, expected_cost: np.ndarray, data: RoutingDataset, lambdas: Sequence[float]
 ) -> list[Setting]:
     """One setting per lam, identical (cost, accuracy) points kept once (the smallest lam)."""
+    return settings_of(choices(quality, expected_cost, lambdas), data, lambdas)
+
+
+def settings_of(chosen: np.ndarray, data: RoutingDataset, lambdas: Sequence[float]) -> list[Setting]:
+    """`sweep` from its `choices`."""
     rows = np.arange(len(data))
     seen: dict[tuple[float, float], Setting] = {}
-    for lam in lambdas:
-        chosen = CostPolicy(lam=float(lam)).choose(quality, expected_cost)
-        point = (float(data.costs[rows, chosen].mean() * 1000), float(data.scores[rows, chosen].mean()))
+    for lam, picks in zip(lambdas, chosen, strict=True):
+        point = (float(data.costs[rows, picks].mean() * 1000), float(data.scores[rows, picks].mean()))
         seen.setdefault((round(point[0], 12), round(point[1], 12)), Setting(float(lam), *point))
     return sorted(seen.values(), key=lambda s: (s.cost, -s.accuracy))
 

@@ -9,6 +9,7 @@ differences. On a test split of a few hundred queries, a gap of a few questions 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,6 @@ import numpy as np
 
 from routers.dataset import RoutingDataset
 from routers.frontier import Setting, accuracy_at, area_under, envelope
-from routers.policy import CostPolicy
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -32,9 +32,9 @@ class Outcomes:
     costs: np.ndarray
 
     @classmethod
-    def of(cls, quality: np.ndarray, expected_cost: np.ndarray, data: RoutingDataset, lambdas: np.ndarray) -> Outcomes:
+    def of(cls, chosen: np.ndarray, data: RoutingDataset, lambdas: Sequence[float]) -> Outcomes:
+        """From the sweep's `routers.frontier.choices` [L, n] on `data`."""
         rows = np.arange(len(data))
-        chosen = np.stack([CostPolicy(lam=float(lam)).choose(quality, expected_cost) for lam in lambdas])
         return cls(np.asarray(lambdas, dtype=np.float64), data.scores[rows, chosen], data.costs[rows, chosen])
 
 
@@ -59,23 +59,30 @@ def metrics_per_resample(outcomes: Outcomes, data: RoutingDataset, counts: np.nd
     return result
 
 
-def paired_lead(
-    leader: Outcomes, other: Outcomes, data: RoutingDataset, *, resamples: int = RESAMPLES
-) -> dict[str, Any]:
-    """Per metric, `leader`'s lead over `other` (leader minus other) resample by resample: its mean and its
-    LEVEL percentile interval, over the resamples where both are defined."""
+def paired_leads(
+    outcomes: Mapping[str, Outcomes], leader: str, data: RoutingDataset, *, resamples: int = RESAMPLES
+) -> dict[str, dict[str, Any]]:
+    """For every candidate but `leader`, per metric, `leader`'s lead over it (leader minus it) resample by resample,
+    on one draw of resamples for all: its mean and its LEVEL percentile interval, over the resamples where both
+    are defined. The leader's metrics are read once."""
     counts = resample_counts(len(data), resamples)
-    lead = metrics_per_resample(leader, data, counts) - metrics_per_resample(other, data, counts)
+    ahead = metrics_per_resample(outcomes[leader], data, counts)
     tail = 100 * (1 - LEVEL) / 2
-    result: dict[str, Any] = {"resamples": resamples, "level": LEVEL}
-    for index, metric in enumerate(METRICS):
-        defined = lead[:, index][~np.isnan(lead[:, index])]
-        result[metric] = (
-            {
-                "mean": float(defined.mean()),
-                "interval": [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))],
-            }
-            if len(defined)
-            else None
-        )
-    return result
+    leads: dict[str, dict[str, Any]] = {}
+    for name, other in outcomes.items():
+        if name == leader:
+            continue
+        lead = ahead - metrics_per_resample(other, data, counts)
+        result: dict[str, Any] = {"resamples": resamples, "level": LEVEL}
+        for index, metric in enumerate(METRICS):
+            defined = lead[:, index][~np.isnan(lead[:, index])]
+            result[metric] = (
+                {
+                    "mean": float(defined.mean()),
+                    "interval": [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))],
+                }
+                if len(defined)
+                else None
+            )
+        leads[name] = result
+    return leads

@@ -40,7 +40,8 @@ import numpy as np
 
 from experts.aggregate import normalise_answer
 from routers.dataset import RoutingDataset
-from routers.policy import CostPolicy, lambda_grid
+from routers.frontier import choices
+from routers.policy import lambda_grid
 from training.evaluate import Candidate, Setting, columns_for, curve_metrics, frontier, oracle_of, reference_of
 
 CHEAP_SHARE = 0.25  # a voter costs at most this share of the best single expert's mean cost
@@ -98,7 +99,7 @@ class Replay:
 
     def picks(self, lambdas: Sequence[float]) -> np.ndarray:
         """int [L, n]: the router's choice per lam and query."""
-        return np.stack([CostPolicy(lam=float(lam)).choose(self.quality, self.expected_cost) for lam in lambdas])
+        return choices(self.quality, self.expected_cost, lambdas)
 
 
 @dataclass(frozen=True)

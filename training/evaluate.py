@@ -36,10 +36,20 @@ import numpy as np
 from routers import one_blas_thread
 from routers.base import Router
 from routers.dataset import RoutingDataset
-from routers.frontier import Setting, accuracy_at, area_under, cost_at, envelope, frontier, sweep
+from routers.frontier import (
+    Setting,
+    accuracy_at,
+    area_under,
+    choices,
+    cost_at,
+    envelope,
+    frontier,
+    settings_of,
+    sweep,
+)
 from routers.policy import CostPolicy, lambda_grid
 from training.baselines import Oracle
-from training.bootstrap import Outcomes, paired_lead
+from training.bootstrap import Outcomes, paired_leads
 
 LATENCY_QUERIES = 200
 SCORE_BATCH = 256
@@ -193,7 +203,8 @@ def evaluate(
                 tick(len(data))
         quality, cost = quality[:, columns], candidate.expected_cost(data)[..., columns]
         lambdas = [candidate.fixed_lambda] if candidate.fixed_lambda is not None else lambda_grid(quality, cost)
-        settings = sweep(quality, cost, data, lambdas)
+        chosen = choices(quality, cost, lambdas)
+        settings = settings_of(chosen, data, lambdas)
         result: dict[str, Any] = {
             "name": candidate.name,
             "kind": candidate.kind,
@@ -204,15 +215,16 @@ def evaluate(
             recorded = sweep(quality, data.costs, data, lambda_grid(quality, data.costs))
             result["recorded_cost"] = curve_metrics(recorded, *reference)
             if paired_with is not None:
-                outcomes[candidate.name] = Outcomes.of(quality, cost, data, np.asarray(lambdas))
+                outcomes[candidate.name] = Outcomes.of(chosen, data, lambdas)
         if hasattr(candidate, "decide_one") and timing_texts:
             tick = on_start(f"latency {candidate.name}", len(timing_texts)) if on_start else None
             result["latency_ms"] = routing_latency(candidate, timing_texts, CostPolicy(), tick)
         results.append(result)
-    if (leader := outcomes.get(paired_with or "")) is not None:
+    if paired_with in outcomes:
+        leads = paired_leads(outcomes, paired_with, data)
         for result in results:
-            if result["name"] != paired_with and result["name"] in outcomes:
-                result["paired"] = {"leader": paired_with, **paired_lead(leader, outcomes[result["name"]], data)}
+            if result["name"] in leads:
+                result["paired"] = {"leader": paired_with, **leads[result["name"]]}
 
     return {
         "n": len(data),

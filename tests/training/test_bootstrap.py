@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from routers.dataset import RoutingDataset
+from routers.frontier import choices
 from routers.policy import lambda_grid
-from training.bootstrap import METRICS, Outcomes, metrics_per_resample, paired_lead
+from training.bootstrap import METRICS, Outcomes, metrics_per_resample, paired_leads
 from training.evaluate import evaluate
 
 N, M = 400, 4
@@ -50,7 +51,13 @@ class Fixed:
 
 def outcomes(candidate: Fixed, data: RoutingDataset) -> Outcomes:
     cost = candidate.expected_cost(data)
-    return Outcomes.of(candidate.quality, cost, data, np.asarray(lambda_grid(candidate.quality, cost)))
+    lambdas = lambda_grid(candidate.quality, cost)
+    return Outcomes.of(choices(candidate.quality, cost, lambdas), data, lambdas)
+
+
+def lead(leader: Fixed, other: Fixed, data: RoutingDataset, resamples: int) -> dict:
+    pair = {"leader": outcomes(leader, data), "other": outcomes(other, data)}
+    return paired_leads(pair, "leader", data, resamples=resamples)["other"]
 
 
 def noisy(data: RoutingDataset, noise: float, seed: int) -> np.ndarray:
@@ -68,18 +75,18 @@ def test_the_whole_split_once_reads_what_evaluate_reports() -> None:
 def test_a_clear_lead_is_outside_the_interval_and_one_query_is_not() -> None:
     data = made_up()
     good, poor = Fixed("good", noisy(data, 0.3, 1)), Fixed("poor", noisy(data, 3.0, 2))
-    lead = paired_lead(outcomes(good, data), outcomes(poor, data), data, resamples=200)
-    assert all(lead[metric]["interval"][0] > 0 for metric in METRICS)
+    clear = lead(good, poor, data, 200)
+    assert all(clear[metric]["interval"][0] > 0 for metric in METRICS)
 
     # The same predictions but for one query, where the second candidate is told the answer outright.
     told = good.quality.copy()
     told[0] = data.scores[0]
-    lead = paired_lead(outcomes(good, data), outcomes(Fixed("told", told), data), data, resamples=200)
+    one_query = lead(good, Fixed("told", told), data, 200)
     for metric in METRICS:
-        low, high = lead[metric]["interval"]
+        low, high = one_query[metric]["interval"]
         assert low <= 0 <= high and high - low < 0.02
 
-    same = paired_lead(outcomes(good, data), outcomes(good, data), data, resamples=50)
+    same = lead(good, good, data, 50)
     assert all(same[metric] == {"mean": 0.0, "interval": [0.0, 0.0]} for metric in METRICS)
 
 
