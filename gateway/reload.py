@@ -57,7 +57,9 @@ class RouterReloader:
         self.trials: dict[str, Trial] = {}  # router name -> the candidate serving a share of its traffic (A/B)
         self.serving: dict[tuple[str, str], int] = {}  # (router name, status) -> the version id loaded, once one is
         self._failing: dict[str, str] = {}  # router name -> why its last check failed: said once, not every poll
-        self._retry: dict[int, tuple[int, float]] = {}  # version id that failed to load -> (failures, next try)
+        # (router name, status) -> the version that failed to load there, its failures and its next try: a slot
+        # holds one, so a version no longer named there (replaced, retired, reverted to later) starts afresh.
+        self._retry: dict[tuple[str, str], tuple[int, int, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def loaded(self) -> dict[str, dict[str, int | None]]:
@@ -82,9 +84,7 @@ class RouterReloader:
     async def check(self) -> None:
         """Serve each router's active version, decide beside it with its shadow version and give its A/B candidate
         its share, loading what is not loaded already (one query per router and poll)."""
-        named: set[int] | None = set()  # the version ids the database names this poll; None: not known for all
         for name in list(self.routers):
-            serving: dict[str, VersionInfo] | None = None
             try:
                 serving = await asyncio.to_thread(self.versions.serving, name)
                 for kind in ("active", "shadow", "ab"):
@@ -97,31 +97,27 @@ class RouterReloader:
                 if self._failing.get(name) != why:
                     log.warning("router %s: versions not read or loaded (%s)", name, why)
                 self._failing[name] = why
-            if serving is None:
-                named = None
-            elif named is not None:
-                named |= {version.id for version in serving.values()}
-        if named is not None:  # a version no longer named (retired, replaced) will not be tried again
-            for version_id in self._retry.keys() - named:
-                del self._retry[version_id]
 
     async def _check(self, name: str, kind: str, version: VersionInfo | None) -> None:
         if version is None:
+            self._retry.pop((name, kind), None)
             if kind != "active" and self.serving.pop((name, kind), None) is not None:
                 (self.shadows if kind == "shadow" else self.trials).pop(name, None)  # promoted, retired or ended
             return
         share = version.traffic_share or 0.0
         if self.serving.get((name, kind)) != version.id:
-            failures, next_try = self._retry.get(version.id, (0, 0.0))
+            failed, failures, next_try = self._retry.get((name, kind), (version.id, 0, 0.0))
+            if failed != version.id:  # another version failed here before: this one starts afresh
+                failures, next_try = 0, 0.0
             if time.monotonic() < next_try:
                 return
             try:
                 router = await asyncio.to_thread(self._load, version)
             except Exception:
                 delay = min(self.interval_s * 2**failures, MAX_RETRY_S)
-                self._retry[version.id] = (failures + 1, time.monotonic() + delay)
+                self._retry[(name, kind)] = (version.id, failures + 1, time.monotonic() + delay)
                 raise
-            self._retry.pop(version.id, None)
+            self._retry.pop((name, kind), None)
             if kind == "active":
                 self.routers[name] = router
             elif kind == "shadow":
