@@ -6,9 +6,10 @@ an optional domain label and, where recorded, each expert's final answer. traini
 into it, so other experts and other data need no code change.
 
 Bandit feedback from the decision log (training/log_data.py) knows only the chosen expert's reward:
-the other scores are NaN, and `weights` may say how much each row's known scores count (e.g. the
-inverse of the probability that the logging policy chose that expert). Only the families whose
-`learns_from_partial_scores` is set train on such data.
+the other scores are NaN, or filled with the serving router's predictions, and `weights` may say how much
+each known score counts (e.g. the inverse of the probability that the logging policy chose that expert, or
+less than one observed for a predicted score). Only the families whose `learns_from_partial_scores` is set
+train on such data.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class RoutingDataset:
     tags: tuple[tuple[str, ...], ...]  # [n]: e.g. (category, src subject)
     domains: np.ndarray  # str [n]: label for domain routers ("" when unknown)
     split: np.ndarray  # str [n]: train / dev / test
-    weights: np.ndarray | None = None  # float [n]: how much each row's known scores count; None: all alike
+    weights: np.ndarray | None = None  # float [n, m]: how much each known score counts; None: all alike
     # object [n, m]: each expert's final answer as written (str, None where none was read), what an agreement
     # cascade compares; None when the data records no answers.
     answers: np.ndarray | None = None
@@ -73,6 +74,7 @@ class RoutingDataset:
             experts=tuple(names),
             scores=self.scores[:, cols],
             costs=self.costs[:, cols],
+            weights=None if self.weights is None else self.weights[:, cols],
             answers=None if self.answers is None else self.answers[:, cols],
         )
 

@@ -24,8 +24,8 @@ wins and 8 when `kl` does, each recorded with its score in the manifest (`params
 
 Partial scores (bandit feedback from the decision log, `moe router retrain`: only the chosen expert's
 reward is known) have no distribution to distil and no AUC to measure: the head is `bce` on the known
-entries only, optionally weighted per row (inverse propensity), and the search compares dev log loss on
-the known (query, expert) pairs.
+entries only (or filled with the parent's predictions, counting less), optionally weighted (inverse propensity),
+and the search compares dev log loss on the known (query, expert) pairs.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Search:
             dev_x,
             self.dev_unit,
             objective=setting.objective,
-            row_weights=self.train.weights,
+            weights=self.train.weights,
             hidden=setting.hidden,
             weight_decay=setting.weight_decay,
         ).calibrated(dev_x, self.dev_unit)

@@ -106,7 +106,7 @@ def fit_head(
     dev_rewards: np.ndarray,
     *,
     objective: str,
-    row_weights: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
     hidden: int = 256,
     weight_decay: float = 1e-2,
     epochs: int = 40,
@@ -116,9 +116,9 @@ def fit_head(
     """Fit the head (uncalibrated, on unit rewards); keep the epoch that does best on dev.
 
     `kl`: `target` is a distribution per row; on dev, the mean reward of the argmax picks. `bce`: `target` holds
-    unit rewards, NaN where unknown, rows weighed by `row_weights`; on dev, minus the same loss on its known
-    entries (`dev_rewards` in [0, 1]): with bandit feedback the reward of the picks is known only where they
-    agree with the logging policy, which would favour whatever agrees with it.
+    unit rewards, NaN where unknown, each known one weighed by `weights` ([n, m]); on dev, minus the same loss on
+    its known entries (`dev_rewards` in [0, 1]): with bandit feedback the reward of the picks is known only where
+    they agree with the logging policy, which would favour whatever agrees with it.
     """
     import torch
     from torch.nn import functional
@@ -131,7 +131,9 @@ def fit_head(
     first_b = torch.nn.Parameter(torch.zeros(hidden))
     optimiser = torch.optim.AdamW([first_b, *rest.parameters()], lr=LEARNING_RATE, weight_decay=weight_decay)
     known, dev_known = torch.from_numpy(~np.isnan(target)), torch.from_numpy(~np.isnan(dev_rewards))
-    weights = torch.ones(len(x)) if row_weights is None else torch.from_numpy(row_weights / row_weights.mean()).float()
+    if weights is None:
+        weights = np.ones(target.shape)
+    weight = torch.from_numpy(weights / weights[~np.isnan(target)].mean()).float()
     targets = torch.from_numpy(np.nan_to_num(target)).float()
     dev_targets = torch.from_numpy(np.nan_to_num(dev_rewards)).float()
     dev_inputs = torch.from_numpy(dev_x).to_sparse()  # scored every epoch: a sparse product is far cheaper
@@ -139,7 +141,7 @@ def fit_head(
     def masked_loss(
         logits: torch.Tensor, wanted: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor
     ) -> torch.Tensor:
-        loss = functional.binary_cross_entropy_with_logits(logits, wanted, reduction="none") * seen * weight[:, None]
+        loss = functional.binary_cross_entropy_with_logits(logits, wanted, reduction="none") * seen * weight
         return loss.sum() / seen.sum().clamp(min=1)
 
     generator = torch.Generator().manual_seed(seed)
@@ -153,7 +155,7 @@ def fit_head(
             rows = first_layer.weight[used].requires_grad_()
             logits = rest(torch.from_numpy(inputs[:, used.numpy()]) @ rows + first_b)
             if objective == "bce":
-                loss = masked_loss(logits, targets[batch], known[batch], weights[batch])
+                loss = masked_loss(logits, targets[batch], known[batch], weight[batch])
             else:
                 loss = functional.kl_div(torch.log_softmax(logits, dim=1), targets[batch], reduction="batchmean")
             optimiser.zero_grad()
@@ -164,7 +166,7 @@ def fit_head(
         with torch.no_grad():
             dev_logits = rest(dev_inputs @ first_layer.weight + first_b)
             if objective == "bce":
-                score = -float(masked_loss(dev_logits, dev_targets, dev_known, torch.ones(len(dev_x))))
+                score = -float(masked_loss(dev_logits, dev_targets, dev_known, torch.ones(dev_known.shape)))
             else:
                 picks = dev_logits.argmax(dim=1).numpy()
                 score = float(dev_rewards[np.arange(len(picks)), picks].mean())

@@ -272,6 +272,10 @@ def retrain(
     base_share: Annotated[float, typer.Option(min=0, max=0.95, help="share of the training rows from --base-data")] = 0.5,
     holdout: Annotated[float, typer.Option(min=0.01, max=0.9, help="share of the records held out to value it")] = 0.2,
     weighting: Annotated[str, typer.Option(help="none, or ips: weigh each record by 1 / its propensity")] = "none",
+    predicted_weight: Annotated[float | None, typer.Option(
+        min=0.0, help="fill the rewards the log does not know (the experts not chosen) with the parent's predictions, "
+        "each counting this much of an observed reward; 0: learn from the observed ones alone  [default: 0.1]",
+        show_default=False)] = None,
     features: Annotated[str, typer.Option(help="what the router reads of a query: " + ", ".join(KINDS))] = DEFAULT_KIND,
     register: Annotated[bool, typer.Option(help="register the candidate in the database")] = True,
 ) -> None:
@@ -295,7 +299,7 @@ def retrain(
         router=router, out=out, database_url=database_url, config=config or DEFAULT_CONFIG, family=family,
         since=_moment(since, "--since"), until=_moment(until, "--until"), sources=tuple(feedback_source or ()),
         base_data=base_data, base_share=base_share, holdout=holdout, weighting=weighting, features=features,
-        register=register,
+        register=register, **({} if predicted_weight is None else {"predicted_weight": predicted_weight}),
     )
     try:
         with progress_bars() as on_start:

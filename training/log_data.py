@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from migrations.decision_window import LoggedDecision
-from routers.base import query_text
+from routers.base import Router, query_text
 from routers.dataset import RoutingDataset
 from routers.manifest import ExpertProfile
 
@@ -69,7 +69,8 @@ class BanditLog:
         return RoutingDataset(
             queries=self.texts[rows], experts=self.experts, scores=scores[rows], costs=self.costs[rows],
             tags=((),) * int(rows.sum()), domains=np.full(int(rows.sum()), "", dtype=object), split=self.split[rows],
-            weights=1.0 / self.propensity[rows] if weighting == "ips" else None,
+            weights=np.repeat(1.0 / self.propensity[rows, None], len(self.experts), axis=1) if weighting == "ips"
+            else None,
         )
 
     def fingerprint_rows(self) -> list[dict[str, Any]]:
@@ -145,7 +146,7 @@ def with_base(log_data: RoutingDataset, base: RoutingDataset, share: float, seed
 
 
 def concat(parts: Sequence[RoutingDataset]) -> RoutingDataset:
-    """The parts' rows in order (same experts); rows without weights count 1 when another part has them."""
+    """The parts' rows in order (same experts); scores without weights count 1 when another part has them."""
     weighted = any(part.weights is not None for part in parts)
     return RoutingDataset(
         queries=np.concatenate([part.queries for part in parts]),
@@ -155,7 +156,40 @@ def concat(parts: Sequence[RoutingDataset]) -> RoutingDataset:
         tags=tuple(tag for part in parts for tag in part.tags),
         domains=np.concatenate([part.domains for part in parts]),
         split=np.concatenate([part.split for part in parts]),
-        weights=np.concatenate([np.ones(len(p)) if p.weights is None else p.weights for p in parts]) if weighted
-        else None,
+        weights=np.concatenate([np.ones(p.scores.shape) if p.weights is None else p.weights for p in parts])
+        if weighted else None,
         answers=None,  # the log keeps no answers to compare
     )
+
+
+def with_predicted(data: RoutingDataset, predicted: np.ndarray, weight: float) -> RoutingDataset:
+    """`data` with its train rows' unknown scores filled from `predicted` (what the serving router expected of each
+    expert, [n, m], NaN where it has no opinion), each counting `weight` of an observed score. Dev keeps only what
+    was observed, so a family still tunes and calibrates on real rewards.
+
+    Why: a bandit row reveals one expert's reward, so a head fitted on the known entries alone never sees two experts
+    compared on one question, and its ranking can get worse while each expert's calibration improves. The serving
+    router's predictions anchor the comparison the log cannot make.
+    """
+    filled = np.isnan(data.scores) & (data.split == "train")[:, None] & ~np.isnan(predicted)
+    if weight == 0 or not filled.any():
+        return data
+    weights = np.ones(data.scores.shape) if data.weights is None else data.weights.copy()
+    weights[filled] = weight
+    # Within the observed rewards' range: the family reads scores on that scale.
+    within = np.clip(predicted, np.nanmin(data.scores), np.nanmax(data.scores))
+    return replace(data, scores=np.where(filled, within, data.scores), weights=weights)
+
+
+def predictions(router: Router, data: RoutingDataset) -> np.ndarray:
+    """`router`'s predicted quality of each of `data`'s experts on the train rows with an unknown score, NaN
+    elsewhere and for the experts it does not route to: what `with_predicted` fills in."""
+    rows = np.flatnonzero(np.isnan(data.scores).any(axis=1) & (data.split == "train"))
+    predicted = np.full(data.scores.shape, np.nan)
+    if len(rows):
+        scores = router.score(data.queries[rows].tolist())
+        column = {expert.name: j for j, expert in enumerate(router.experts)}
+        for j, name in enumerate(data.experts):
+            if name in column:
+                predicted[rows, j] = scores[:, column[name]]
+    return predicted

@@ -25,7 +25,7 @@ from tests.training.test_train import assert_monotone_frontier
 from training.cli import app
 from training.dataset import load_dataset
 from training.evaluate import evaluate, kept_frontier, load_router_candidates
-from training.retrain import RetrainError, RetrainRequest, retrain
+from training.retrain import PREDICTED_WEIGHT, RetrainError, RetrainRequest, retrain
 
 EXPERTS = ("maths", "prose")
 PRICES = {"maths": 0.2, "prose": 0.1}
@@ -176,6 +176,12 @@ def test_retrain_learns_from_bandit_feedback_and_a_rerun_changes_nothing(bandit:
     assert code == 0, output
     assert "already retrained from the same data" in output and f"version {candidate.id} " in output
     assert [v.id for v in versions.list("pool")] == [bandit["parent_id"], candidate.id]
+    # The parent's predictions filled the rewards the log does not know: without them, other data, another version.
+    assert retrained["predicted_weight"] == PREDICTED_WEIGHT > 0
+    code, output = cli_retrain(bandit, tmp_path / "observed-only", "--predicted-weight", "0", "--no-register")
+    assert code == 0, output
+    observed_only = Manifest.read(tmp_path / "observed-only")
+    assert observed_only.params["retrain"]["predicted_weight"] == 0 and observed_only.version != manifest.version
 
     # Without base data only the log's chosen answers are known: no cost-quality curve to keep.
     unbased = retrain(RetrainRequest(router="pool", out=tmp_path / "unbased", database_url=bandit["url"],
@@ -212,6 +218,11 @@ def test_what_cannot_be_retrained_is_said_plainly(bandit: dict, tmp_path: Path) 
     (tmp_path / "d" / "notes.txt").write_text("mine")
     code, output = cli_retrain(bandit, tmp_path / "d")
     assert code == 1 and "not empty" in output
+    code, output = cli_retrain(bandit, tmp_path / "f", "--predicted-weight", "-0.1")
+    assert code == 2 and "--predicted-weight" in output
+    with pytest.raises(RetrainError, match="at least 0"):
+        retrain(RetrainRequest(router="pool", out=tmp_path / "g", database_url=bandit["url"], config=bandit["config"],
+                               predicted_weight=-1.0))
     with pytest.raises(RetrainError, match="no router 'nope'"):
         retrain(RetrainRequest(router="nope", out=tmp_path / "e", database_url=bandit["url"], config=bandit["config"]))
     assert [v.id for v in RouterVersions(bandit["engine"]).list("pool")] == [bandit["parent_id"]]
