@@ -155,13 +155,11 @@ def retrain(request: RetrainRequest, on_start: OnStart = _noop) -> RetrainResult
     base = _base_data(request.base_data, log.experts)
     if base is not None:
         data = with_base(data, base, request.base_share)
-    base_rows = data.subset(np.arange(log_rows, len(data)))
     versions = RouterVersions(engine)
     with tempfile.TemporaryDirectory(prefix="moe-parent-") as scratch:
         parent = _parent(versions, request.router, setup, Path(scratch))
         predicted_weight = request.predicted_weight if parent is not None else 0.0
-        if predicted_weight > 0:
-            assert parent is not None
+        if parent is not None and predicted_weight > 0:
             data = with_predicted(data, predictions(parent.router, data), predicted_weight)
         # The parent's version too: its predictions fill the log's unknown rewards.
         fingerprint = data_hash([
@@ -169,8 +167,8 @@ def retrain(request: RetrainRequest, on_start: OnStart = _noop) -> RetrainResult
              "holdout": request.holdout, "base_share": request.base_share if base is not None else None,
              "predicted_weight": predicted_weight, "parent": parent.version if predicted_weight > 0 else None},
             *log.fingerprint_rows(),
-            *({"query": q, "scores": s} for q, s in zip(base_rows.queries.tolist(), base_rows.scores.tolist(),
-                                                         strict=True)),
+            *({"query": q, "scores": s} for q, s in zip(data.queries[log_rows:].tolist(),
+                                                         data.scores[log_rows:].tolist(), strict=True)),
         ])
         version = f"retrain-{fingerprint}"
         if (found := _existing(versions, request, version)) is not None:
