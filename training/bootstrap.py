@@ -67,22 +67,27 @@ def paired_leads(
     are defined. The leader's metrics are read once."""
     counts = resample_counts(len(data), resamples)
     ahead = metrics_per_resample(outcomes[leader], data, counts)
+    return {
+        name: {
+            "resamples": resamples,
+            "level": LEVEL,
+            **summary(ahead - metrics_per_resample(other, data, counts)),
+        }
+        for name, other in outcomes.items()
+        if name != leader
+    }
+
+
+def summary(lead: np.ndarray) -> dict[str, dict[str, Any] | None]:
+    """Per metric of `lead` [resamples, metric], its mean and LEVEL percentile interval over the resamples where
+    it is defined; None where it never is."""
     tail = 100 * (1 - LEVEL) / 2
-    leads: dict[str, dict[str, Any]] = {}
-    for name, other in outcomes.items():
-        if name == leader:
-            continue
-        lead = ahead - metrics_per_resample(other, data, counts)
-        result: dict[str, Any] = {"resamples": resamples, "level": LEVEL}
-        for index, metric in enumerate(METRICS):
-            defined = lead[:, index][~np.isnan(lead[:, index])]
-            result[metric] = (
-                {
-                    "mean": float(defined.mean()),
-                    "interval": [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))],
-                }
-                if len(defined)
-                else None
-            )
-        leads[name] = result
-    return leads
+    result: dict[str, dict[str, Any] | None] = {}
+    for index, metric in enumerate(METRICS):
+        defined = lead[:, index][~np.isnan(lead[:, index])]
+        result[metric] = (
+            {"mean": float(defined.mean()), "interval": [float(np.percentile(defined, q)) for q in (tail, 100 - tail)]}
+            if len(defined)
+            else None
+        )
+    return result

@@ -97,10 +97,6 @@ class Replay:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def picks(self, lambdas: Sequence[float]) -> np.ndarray:
-        """int [L, n]: the router's choice per lam and query."""
-        return choices(self.quality, self.expected_cost, lambdas)
-
 
 @dataclass(frozen=True)
 class Voting:
@@ -160,7 +156,7 @@ def voter_pool(replay: Replay) -> list[int]:
 def _settings(
     replay: Replay, experts: Sequence[str], voters: Sequence[int], need: int, lambdas: np.ndarray
 ) -> list[CascadeSetting]:
-    cost, accuracy = outcomes(replay, vote(replay, voters, need), replay.picks(lambdas))
+    cost, accuracy = outcomes(replay, vote(replay, voters, need), choices(replay.quality, replay.expected_cost, lambdas))
     names = tuple(experts[j] for j in voters)
     return [
         CascadeSetting(float(lam), float(c), float(a), names, need)
