@@ -117,9 +117,16 @@ def export_onnx(path: Path) -> None:
     export_bert(Pipeline(), model.tokenizer, path)
 
 
-def export_bert(module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+def export_bert(
+    module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path, *, int8: bool = False
+) -> None:
     """A BERT-style module taking (input_ids, attention_mask, token_type_ids) as an ONNX graph with one
-    output per text (batch and length dynamic), written atomically to `path`."""
+    output per text (batch and length dynamic), written atomically to `path`.
+
+    `int8`: its matrix products quantised (weights per output channel, activations on the fly), which runs
+    one query about 1.8x faster on a CPU with int8 dot products (VNNI). Only the products: quantising the
+    embedding lookups too gave all-MiniLM-L6-v2 embeddings a mean cosine of 0.956 to the float graph's,
+    against 0.994 (0.987 at worst) with the products alone, over 200 MMLU-Pro questions."""
     import torch
 
     sample = tokenizer(["an example query"], return_tensors="pt")
@@ -134,6 +141,12 @@ def export_bert(module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pat
             dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in _INPUTS}, "output": {0: "batch"}},
             opset_version=17,
             dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT fully
+        )
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            tmp.name, tmp.name, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8
         )
     os.replace(tmp.name, path)  # a concurrent loader never sees half a graph
 
