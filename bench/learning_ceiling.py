@@ -1,0 +1,186 @@
+"""What the learning benchmark's log can teach at best: its bandit feedback replayed offline, without the gateway.
+
+bench/learning.py sends 6,000 questions through the gateway, each answered by the starting router's pick or, with
+probability epsilon, by another expert drawn uniformly, and retrains from the one reward each answer reveals. This
+replays that logging policy on the pool's recorded scores for several draws (the questions, the exploration and the
+log's split drawn anew each time) and trains the retraining family on what it reveals, three ways:
+
+- `all_rows`: every logged row trains, only the revealed reward known;
+- `all_rows_fill`: the same, the unknown rewards filled with the starting router's predictions, each counting
+  `PREDICTED_WEIGHT` of an observed one (as `moe router retrain` does);
+- `retrain_split_fill`: as `moe router retrain` splits the log (held-out rows for the off-policy value, a dev share
+  with its one reward each), with the fill.
+
+Every router here tunes on the pool's whole dev split with full information, as in bench/learning.py. Each is replayed
+on the test split; recovery = (AUC - start's) / (full information's - start's), per draw and on average. The
+starting and full-information routers are the benchmark's own (same questions, same family), so the first draw's
+figures for them equal bench/learning.py's.
+
+    python -m bench.learning_ceiling               # 3 draws -> bench/results/learning_ceiling.{json,png}
+    python -m bench.learning_ceiling --draws 1     # one draw -> var/bench/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import ROOT, command_line, console, machine
+from bench.learning import FAMILY
+from bench.learning_data import Plan, plan
+from routers import Router, load_router, router_class
+from routers.dataset import RoutingDataset
+from routers.quality import profiles_of
+from training.dataset import from_pool
+from training.evaluate import run_scenario
+from training.log_data import DEV_SHARE, concat, predictions, with_predicted
+from training.pool import load_pool
+from training.retrain import PREDICTED_WEIGHT, RetrainRequest
+
+WAYS = ("all_rows", "all_rows_fill", "retrain_split_fill")
+
+
+def revealed(start_quality: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """The expert that answers each logged question: the start's pick, or with probability epsilon another one drawn
+    uniformly (the gateway's `exploration: {epsilon, distribution: uniform}`)."""
+    top = start_quality.argmax(axis=1)
+    others = rng.integers(0, start_quality.shape[1] - 1, len(top))
+    other = others + (others >= top)  # uniform over the experts other than the top one
+    return np.where(rng.random(len(top)) < epsilon, other, top)
+
+
+def draw_datasets(
+    data: RoutingDataset, rows: Plan, start: Router, epsilon: float, rng: np.random.Generator
+) -> dict[str, RoutingDataset]:
+    """Per way, the train and dev rows a retrain would fit on: the start questions fully scored, the logged ones with
+    one reward each, the pool's dev split fully scored."""
+    logged = data.subset(rows.stream)
+    answered = revealed(start.score(logged.queries.tolist()), epsilon, rng)
+    scores = np.full(logged.scores.shape, np.nan)
+    scores[np.arange(len(logged)), answered] = logged.scores[np.arange(len(logged)), answered]
+    unit = rng.random(len(logged))
+    holdout = RetrainRequest.holdout
+    log_split = np.where(
+        unit < holdout, "holdout", np.where(unit < holdout + DEV_SHARE * (1 - holdout), "dev", "train")
+    )
+    start_rows, dev_rows = data.subset(rows.start), data.subset(rows.dev)
+
+    def mixed(split: np.ndarray) -> RoutingDataset:
+        log = replace(logged, scores=scores, split=split).subset(split != "holdout")
+        parts = [
+            replace(start_rows, split=np.full(len(start_rows), "train")),
+            log,
+            replace(dev_rows, split=np.full(len(dev_rows), "dev")),
+        ]
+        return concat(parts)
+
+    every = mixed(np.full(len(logged), "train"))
+    split = mixed(log_split)
+    return {
+        "all_rows": every,
+        "all_rows_fill": with_predicted(every, predictions(start, every), PREDICTED_WEIGHT),
+        "retrain_split_fill": with_predicted(split, predictions(start, split), PREDICTED_WEIGHT),
+    }
+
+
+def fit(data: RoutingDataset, out: Path) -> Path:
+    router = router_class(FAMILY)(profiles_of(data)).fit(data.of_split("train"), data.of_split("dev"))
+    router.save(out)
+    return out
+
+
+def run_draw(
+    data: RoutingDataset, pool: Any, draw: int, epsilon: float, work: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
+    rows = plan(pool, 300, 6000, seed=draw)  # bench/learning.py's questions for its seed
+    rng = np.random.default_rng(1000 + draw)
+
+    def full_information(train_rows: np.ndarray) -> RoutingDataset:
+        part = data.subset(np.concatenate([train_rows, rows.dev]))
+        return replace(part, split=np.array(["train"] * len(train_rows) + ["dev"] * len(rows.dev)))
+
+    say(f"draw {draw}: start and full information")
+    start_dir = fit(full_information(rows.start), work / f"{draw}-start")
+    full_dir = fit(full_information(np.concatenate([rows.start, rows.stream])), work / f"{draw}-full")
+    start = load_router(start_dir, profiles_of(data))
+    directories = {"start": start_dir, "full_information": full_dir}
+    for way, mix in draw_datasets(data, rows, start, epsilon, rng).items():
+        say(f"draw {draw}: {way}")
+        directories[way] = fit(mix, work / f"{draw}-{way}")
+    report = run_scenario(data, "test", list(directories.values()), [], latency_queries=0)
+    auc = {result["name"]: result["auc"] for result in report["candidates"]}
+    aucs = {name: auc[directory.name] for name, directory in directories.items()}
+    gap = aucs["full_information"] - aucs["start"]
+    return {
+        "draw": draw,
+        "auc": aucs,
+        "recovery": {way: (aucs[way] - aucs["start"]) / gap if gap > 0 else None for way in WAYS},
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, way in enumerate(WAYS):
+        values = [d["recovery"][way] for d in results["draws"] if d["recovery"][way] is not None]
+        ax.scatter([i] * len(values), values, color="tab:blue", alpha=0.6, label="one draw" if i == 0 else None)
+        ax.scatter(
+            [i], [results["mean_recovery"][way]], color="tab:red", marker="_", s=600, label="mean" if i == 0 else None
+        )
+    ax.axhline(0.5, color="grey", linestyle="--", label="issue 15's target")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(WAYS)), WAYS)
+    ax.set_ylabel("recovery of the AUC gap at 6,000 logged")
+    ax.set_title(f"The log replayed offline (epsilon {results['settings']['epsilon']}, {FAMILY})")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--epsilon", type=float, default=0.3, help="bench/learning.py's exploration share")
+    args = parser.parse_args(argv)
+    full_run = args.draws >= 3 and args.epsilon == 0.3
+    out_dir = ROOT / ("bench/results" if full_run else "var/bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pool = load_pool()
+    data = from_pool(pool)
+    with tempfile.TemporaryDirectory(prefix="moe-learning-ceiling-") as work:
+        draws = [run_draw(data, pool, draw, args.epsilon, Path(work), console.print) for draw in range(args.draws)]
+    results = {
+        "command": command_line(),
+        "machine": machine(),
+        "settings": {
+            "family": FAMILY,
+            "start_questions": 300,
+            "logged_questions": 6000,
+            "epsilon": args.epsilon,
+            "distribution": "uniform",
+            "predicted_weight": PREDICTED_WEIGHT,
+            "holdout": RetrainRequest.holdout,
+            "dev_share": DEV_SHARE,
+        },
+        "draws": draws,
+        "mean_recovery": {way: float(np.mean([d["recovery"][way] for d in draws])) for way in WAYS},
+    }
+    (out_dir / "learning_ceiling.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out_dir / "learning_ceiling.png")
+    console.print(json.dumps({"mean_recovery": results["mean_recovery"]}))
+    console.print(f"wrote {out_dir / 'learning_ceiling.json'} and {out_dir / 'learning_ceiling.png'}")
+
+
+if __name__ == "__main__":
+    main()
