@@ -3,7 +3,8 @@
 bench/learning.py sends 6,000 questions through the gateway, each answered by the starting router's pick or, with
 probability epsilon, by another expert drawn uniformly, and retrains from the one reward each answer reveals. This
 replays that logging policy on the pool's recorded scores for several draws (the questions, the exploration and the
-log's split drawn anew each time) and trains the retraining family on what it reveals, three ways:
+log's split drawn anew each time), with the benchmark's epsilon and with twice it, and trains the retraining family
+on what it reveals, three ways:
 
 - `all_rows`: every logged row trains, only the revealed reward known;
 - `all_rows_fill`: the same, the unknown rewards filled with the starting router's predictions, each counting
@@ -16,8 +17,8 @@ on the test split; recovery = (AUC - start's) / (full information's - start's), 
 starting and full-information routers are the benchmark's own (same questions, same family), so the first draw's
 figures for them equal bench/learning.py's.
 
-    python -m bench.learning_ceiling               # 3 draws -> bench/results/learning_ceiling.{json,png}
-    python -m bench.learning_ceiling --draws 1     # one draw -> var/bench/
+    python -m bench.learning_ceiling                # 3 draws, epsilon 0.3 and 0.6 -> bench/results/learning_ceiling.*
+    python -m bench.learning_ceiling --epsilon 0.9  # other settings -> var/bench/
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from training.pool import load_pool
 from training.retrain import PREDICTED_WEIGHT, RetrainRequest
 
 WAYS = ("all_rows", "all_rows_fill", "retrain_split_fill")
+EPSILONS = (0.3, 0.6)  # bench/learning.py's exploration share, and twice it
 
 
 def revealed(start_quality: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
@@ -97,32 +99,46 @@ def fit(data: RoutingDataset, out: Path) -> Path:
 
 
 def run_draw(
-    data: RoutingDataset, pool: Any, draw: int, epsilon: float, work: Path, say: Callable[[str], None]
+    data: RoutingDataset, pool: Any, draw: int, epsilons: Sequence[float], work: Path, say: Callable[[str], None]
 ) -> dict[str, Any]:
+    """One draw of the questions; per epsilon, one draw of the exploration and of the log's split (the same seed for
+    each epsilon, so a run with more of them repeats the figures of one with fewer)."""
     rows = plan(pool, 300, 6000, seed=draw)  # bench/learning.py's questions for its seed
-    rng = np.random.default_rng(1000 + draw)
 
     def full_information(train_rows: np.ndarray) -> RoutingDataset:
         part = data.subset(np.concatenate([train_rows, rows.dev]))
         return replace(part, split=np.array(["train"] * len(train_rows) + ["dev"] * len(rows.dev)))
 
     say(f"draw {draw}: start and full information")
-    start_dir = fit(full_information(rows.start), work / f"{draw}-start")
-    full_dir = fit(full_information(np.concatenate([rows.start, rows.stream])), work / f"{draw}-full")
-    start = load_router(start_dir, profiles_of(data))
-    directories = {"start": start_dir, "full_information": full_dir}
-    for way, mix in draw_datasets(data, rows, start, epsilon, rng).items():
-        say(f"draw {draw}: {way}")
-        directories[way] = fit(mix, work / f"{draw}-{way}")
+    directories = {
+        "start": fit(full_information(rows.start), work / f"{draw}-start"),
+        "full_information": fit(full_information(np.concatenate([rows.start, rows.stream])), work / f"{draw}-full"),
+    }
+    start = load_router(directories["start"], profiles_of(data))
+    for epsilon in epsilons:
+        mixes = draw_datasets(data, rows, start, epsilon, np.random.default_rng(1000 + draw))
+        for way, mix in mixes.items():
+            say(f"draw {draw}, epsilon {epsilon}: {way}")
+            directories[f"{epsilon}/{way}"] = fit(mix, work / f"{draw}-{epsilon}-{way}")
     report = run_scenario(data, "test", list(directories.values()), [], latency_queries=0)
-    auc = {result["name"]: result["auc"] for result in report["candidates"]}
-    aucs = {name: auc[directory.name] for name, directory in directories.items()}
-    gap = aucs["full_information"] - aucs["start"]
+    by_directory = {result["name"]: result["auc"] for result in report["candidates"]}
+    auc = {name: by_directory[directory.name] for name, directory in directories.items()}
+    gap = auc["full_information"] - auc["start"]
+
+    def way_figures(epsilon: float, way: str) -> dict[str, float | None]:
+        mine = auc[f"{epsilon}/{way}"]
+        return {"auc": mine, "recovery": (mine - auc["start"]) / gap if gap > 0 else None}
+
     return {
         "draw": draw,
-        "auc": aucs,
-        "recovery": {way: (aucs[way] - aucs["start"]) / gap if gap > 0 else None for way in WAYS},
+        "start_auc": auc["start"],
+        "full_information_auc": auc["full_information"],
+        "by_epsilon": {str(epsilon): {way: way_figures(epsilon, way) for way in WAYS} for epsilon in epsilons},
     }
+
+
+def mean_recovery(draws: Sequence[dict[str, Any]], epsilon: str) -> dict[str, float]:
+    return {way: float(np.mean([d["by_epsilon"][epsilon][way]["recovery"] for d in draws])) for way in WAYS}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -131,19 +147,34 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, way in enumerate(WAYS):
-        values = [d["recovery"][way] for d in results["draws"] if d["recovery"][way] is not None]
-        ax.scatter([i] * len(values), values, color="tab:blue", alpha=0.6, label="one draw" if i == 0 else None)
-        ax.scatter(
-            [i], [results["mean_recovery"][way]], color="tab:red", marker="_", s=600, label="mean" if i == 0 else None
-        )
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    epsilons = list(results["mean_recovery"])
+    for k, epsilon in enumerate(epsilons):
+        colour = f"C{k}"  # matplotlib's colour cycle
+        for i, way in enumerate(WAYS):
+            x = i + (k - (len(epsilons) - 1) / 2) * 0.25
+            values = [d["by_epsilon"][epsilon][way]["recovery"] for d in results["draws"]]
+            ax.scatter(
+                [x] * len(values),
+                values,
+                color=colour,
+                alpha=0.5,
+                label=f"epsilon {epsilon}: one draw" if i == 0 else None,
+            )
+            ax.scatter(
+                [x],
+                [results["mean_recovery"][epsilon][way]],
+                color=colour,
+                marker="_",
+                s=500,
+                label=f"epsilon {epsilon}: mean" if i == 0 else None,
+            )
     ax.axhline(0.5, color="grey", linestyle="--", label="issue 15's target")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(WAYS)), WAYS)
     ax.set_ylabel("recovery of the AUC gap at 6,000 logged")
-    ax.set_title(f"The log replayed offline (epsilon {results['settings']['epsilon']}, {FAMILY})")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"The learning benchmark's log replayed offline ({FAMILY}, {len(results['draws'])} draws)")
+    ax.legend(loc="lower left", fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -151,9 +182,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--epsilon", type=float, default=0.3, help="bench/learning.py's exploration share")
+    parser.add_argument(
+        "--epsilon", type=float, nargs="+", default=list(EPSILONS), help="exploration shares (bench/learning.py's: 0.3)"
+    )
     args = parser.parse_args(argv)
-    full_run = args.draws >= 3 and args.epsilon == 0.3
+    full_run = args.draws >= 3 and tuple(args.epsilon) == EPSILONS
     out_dir = ROOT / ("bench/results" if full_run else "var/bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     pool = load_pool()
@@ -167,14 +200,14 @@ def main(argv: list[str] | None = None) -> None:
             "family": FAMILY,
             "start_questions": 300,
             "logged_questions": 6000,
-            "epsilon": args.epsilon,
+            "epsilons": args.epsilon,
             "distribution": "uniform",
             "predicted_weight": PREDICTED_WEIGHT,
             "holdout": RetrainRequest.holdout,
             "dev_share": DEV_SHARE,
         },
         "draws": draws,
-        "mean_recovery": {way: float(np.mean([d["recovery"][way] for d in draws])) for way in WAYS},
+        "mean_recovery": {str(epsilon): mean_recovery(draws, str(epsilon)) for epsilon in args.epsilon},
     }
     (out_dir / "learning_ceiling.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out_dir / "learning_ceiling.png")
