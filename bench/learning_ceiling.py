@@ -41,7 +41,7 @@ from routers.dataset import RoutingDataset
 from routers.quality import profiles_of
 from training.dataset import from_pool
 from training.evaluate import run_scenario
-from training.log_data import DEV_SHARE, concat, predictions, with_predicted
+from training.log_data import DEV_SHARE, concat, predictions, split_of, with_predicted
 from training.pool import load_pool
 from training.retrain import PREDICTED_WEIGHT, RetrainRequest
 
@@ -67,11 +67,8 @@ def draw_datasets(
     answered = revealed(start.score(logged.queries.tolist()), epsilon, rng)
     scores = np.full(logged.scores.shape, np.nan)
     scores[np.arange(len(logged)), answered] = logged.scores[np.arange(len(logged)), answered]
-    unit = rng.random(len(logged))
-    holdout = RetrainRequest.holdout
-    log_split = np.where(
-        unit < holdout, "holdout", np.where(unit < holdout + DEV_SHARE * (1 - holdout), "dev", "train")
-    )
+    salt = int(rng.integers(2**32))  # the retrain splits by decision id: made-up ids, one set per draw
+    log_split = np.array([split_of(f"{salt}-{i}", RetrainRequest.holdout) for i in range(len(logged))])
     start_rows, dev_rows = data.subset(rows.start), data.subset(rows.dev)
 
     def mixed(split: np.ndarray) -> RoutingDataset:
