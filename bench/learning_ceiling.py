@@ -73,12 +73,7 @@ def draw_datasets(
 
     def mixed(split: np.ndarray) -> RoutingDataset:
         log = replace(logged, scores=scores, split=split).subset(split != "holdout")
-        parts = [
-            replace(start_rows, split=np.full(len(start_rows), "train")),
-            log,
-            replace(dev_rows, split=np.full(len(dev_rows), "dev")),
-        ]
-        return concat(parts)
+        return concat([as_split(start_rows, "train"), log, as_split(dev_rows, "dev")])
 
     every = mixed(np.full(len(logged), "train"))
     split = mixed(log_split)
@@ -87,6 +82,11 @@ def draw_datasets(
         "all_rows_fill": with_predicted(every, predictions(start, every), PREDICTED_WEIGHT),
         "retrain_split_fill": with_predicted(split, predictions(start, split), PREDICTED_WEIGHT),
     }
+
+
+def as_split(data: RoutingDataset, split: str) -> RoutingDataset:
+    """Every row of `data` in one split."""
+    return replace(data, split=np.full(len(data), split))
 
 
 def fit(data: RoutingDataset, out: Path) -> Path:
@@ -103,8 +103,7 @@ def run_draw(
     rows = plan(pool, 300, 6000, seed=draw)  # bench/learning.py's questions for its seed
 
     def full_information(train_rows: np.ndarray) -> RoutingDataset:
-        part = data.subset(np.concatenate([train_rows, rows.dev]))
-        return replace(part, split=np.array(["train"] * len(train_rows) + ["dev"] * len(rows.dev)))
+        return concat([as_split(data.subset(train_rows), "train"), as_split(data.subset(rows.dev), "dev")])
 
     say(f"draw {draw}: start and full information")
     directories = {
