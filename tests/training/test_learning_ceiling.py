@@ -49,7 +49,11 @@ def test_each_way_trains_on_what_the_log_reveals() -> None:
     assert not np.isnan(filled.scores).any()
     assert set(np.unique(filled.weights[100:1_600])) == {0.1, 1.0}
 
-    split = ways["retrain_split_fill"]
+    split, refit = ways["retrain_split_fill"], ways["retrain_refit_fill"]
     assert 0.17 < 1 - (len(split) - 500) / 1_500 < 0.23  # the held-out share left out
     log_dev = split.subset((split.split == "dev") & np.isnan(split.scores).any(axis=1))
     assert 0.13 < len(log_dev) / 1_500 < 0.19  # the dev share of what is not held out, one reward each, not filled
+    # The refit has the held-out rows back in train, filled like the rest; its dev is the split's.
+    assert len(refit) == 2_000 and (refit.split == "train").sum() == 1_600 - len(log_dev)
+    assert not np.isnan(refit.of_split("train").scores).any()
+    assert set(refit.of_split("dev").queries) == set(split.of_split("dev").queries)
