@@ -40,7 +40,7 @@ import numpy as np
 from bench.harness import ROOT, command_line, console, machine
 from bench.learning import FAMILY
 from bench.learning_data import Plan, plan
-from routers import Router, load_router, router_class
+from routers import Router, router_class
 from routers.dataset import RoutingDataset
 from routers.quality import profiles_of
 from training.dataset import from_pool
@@ -94,10 +94,11 @@ def as_split(data: RoutingDataset, split: str) -> RoutingDataset:
     return replace(data, split=np.full(len(data), split))
 
 
-def fit(data: RoutingDataset, out: Path) -> Path:
+def fit(data: RoutingDataset, out: Path) -> Router:
+    """The family fitted on `data`, saved to `out` for the replay."""
     router = router_class(FAMILY)(profiles_of(data)).fit(data.of_split("train"), data.of_split("dev"))
     router.save(out)
-    return out
+    return router
 
 
 def run_draw(
@@ -111,16 +112,15 @@ def run_draw(
         return concat([as_split(data.subset(train_rows), "train"), as_split(data.subset(rows.dev), "dev")])
 
     say(f"draw {draw}: start and full information")
-    directories = {
-        "start": fit(full_information(rows.start), work / f"{draw}-start"),
-        "full_information": fit(full_information(np.concatenate([rows.start, rows.stream])), work / f"{draw}-full"),
-    }
-    start = load_router(directories["start"], profiles_of(data))
+    directories = {"start": work / f"{draw}-start", "full_information": work / f"{draw}-full"}
+    start = fit(full_information(rows.start), directories["start"])
+    fit(full_information(np.concatenate([rows.start, rows.stream])), directories["full_information"])
     for epsilon in epsilons:
         mixes = draw_datasets(data, rows, start, epsilon, np.random.default_rng(1000 + draw))
         for way, mix in mixes.items():
             say(f"draw {draw}, epsilon {epsilon}: {way}")
-            directories[f"{epsilon}/{way}"] = fit(mix, work / f"{draw}-{epsilon}-{way}")
+            directories[f"{epsilon}/{way}"] = work / f"{draw}-{epsilon}-{way}"
+            fit(mix, directories[f"{epsilon}/{way}"])
     report = run_scenario(data, "test", list(directories.values()), [], latency_queries=0)
     by_directory = {result["name"]: result["auc"] for result in report["candidates"]}
     auc = {name: by_directory[directory.name] for name, directory in directories.items()}

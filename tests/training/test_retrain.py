@@ -66,10 +66,10 @@ def config(tmp_path: Path, artifact: Path) -> Path:
     return path
 
 
-def decision(created_at: datetime, text: str | None, chosen: str, ranked: list[str], propensity: float,
-             virtual_model: str = "moe-pool", ids: random.Random | None = None) -> DecisionRow:
+def decision(ids: random.Random, created_at: datetime, text: str | None, chosen: str, ranked: list[str],
+             propensity: float, virtual_model: str = "moe-pool") -> DecisionRow:
     # A seeded id keeps the row in the same split of the log (training/log_data.py splits by a hash of the id).
-    rid = str(uuid.UUID(int=ids.getrandbits(128), version=4)) if ids else str(uuid.uuid4())
+    rid = str(uuid.UUID(int=ids.getrandbits(128), version=4))
     return DecisionRow(
         id=rid, created_at=created_at, requested_model=virtual_model, virtual_model=virtual_model, router="r",
         router_version="parent", ranked=[{"expert": e, "score": 0.5} for e in ranked], recruited=[chosen],
@@ -97,15 +97,15 @@ def write_log(engine: Engine, parent_dir: Path, n: int = 600, epsilon: float = 0
         text = question(kind, 1000 + i)
         ranked = [r.name for r in parent.decide([{"role": "user", "content": text}]).ranked]
         choice = choose(ranked, [0.5] * len(ranked), epsilon, "uniform", rng)
-        row = decision(START + timedelta(seconds=i), text, choice.order[0], ranked, choice.propensity, ids=ids)
+        row = decision(ids, START + timedelta(seconds=i), text, choice.order[0], ranked, choice.propensity)
         rows += [row, feedback(row, float(rng.random() < TRUTH[choice.order[0]][kind]))]
         if i % 50 == 0:  # a user's thumbs beside the judge: left out when only the judge is asked for
             rows.append(feedback(row, 1.0, source="user"))
-    no_prompt = decision(START, None, "maths", list(EXPERTS), 0.7)
-    unconfigured = decision(START, question("maths", 1), "retired-expert", list(EXPERTS), 0.7)
-    before_window = decision(START - timedelta(days=2), question("maths", 2), "maths", list(EXPERTS), 0.7)
-    other_model = decision(START, question("maths", 3), "maths", list(EXPERTS), 0.7, virtual_model="other")
-    no_feedback = decision(START, question("maths", 4), "maths", list(EXPERTS), 0.7)
+    no_prompt = decision(ids, START, None, "maths", list(EXPERTS), 0.7)
+    unconfigured = decision(ids, START, question("maths", 1), "retired-expert", list(EXPERTS), 0.7)
+    before_window = decision(ids, START - timedelta(days=2), question("maths", 2), "maths", list(EXPERTS), 0.7)
+    other_model = decision(ids, START, question("maths", 3), "maths", list(EXPERTS), 0.7, virtual_model="other")
+    no_feedback = decision(ids, START, question("maths", 4), "maths", list(EXPERTS), 0.7)
     rows += [no_prompt, unconfigured, before_window, other_model, no_feedback]
     rows += [feedback(r, 1.0) for r in (no_prompt, unconfigured, before_window, other_model)]
     with Session(engine) as session, session.begin():
