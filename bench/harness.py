@@ -296,12 +296,14 @@ def wrk_version() -> str:
     return (out.stdout or out.stderr).splitlines()[0].strip()
 
 
-def run_wrk(url: str, bodies: Path, connections: int, duration_s: int) -> dict[str, Any]:
+def run_wrk(url: str, bodies: Path, connections: int, duration_s: int, pause_ms: int = 0) -> dict[str, Any]:
     """wrk with `connections` clients for `duration_s` seconds (wrk takes whole seconds), POSTing the bodies of
-    `bodies` (one JSON per line) in turn; requests/s, errors by kind and latency stats over every answered request."""
+    `bodies` (one JSON per line) in turn, each client waiting `pause_ms` after an answer (0: a closed loop);
+    requests/s, errors by kind and latency stats over every answered request."""
     threads = max(1, min(connections, os.cpu_count() or 1))
     argv = [wrk_binary(), "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:d}s",
-            "--timeout", f"{REQUEST_TIMEOUT_S:g}s", "-s", str(WRK_SCRIPT), url, "--", str(bodies), str(threads)]
+            "--timeout", f"{REQUEST_TIMEOUT_S:g}s", "-s", str(WRK_SCRIPT), url, "--", str(bodies), str(threads),
+            str(pause_ms)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + REQUEST_TIMEOUT_S + 60)
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if out.returncode != 0 or line is None:
@@ -328,10 +330,11 @@ def run_wrk(url: str, bodies: Path, connections: int, duration_s: int) -> dict[s
 
 def measure(
     targets: dict[str, Target], prompts: Sequence[str], levels: Sequence[int], duration_s: int, warmup_s: int,
-    workdir: Path,
+    workdir: Path, pause_ms: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Every target at every concurrency level, in one run: an unmeasured warm-up, then the measured run, each
-    a wrk run of its own over the same prompts. Keyed `c<level>`, then by target."""
+    a wrk run of its own over the same prompts (`run_wrk`, each client pausing `pause_ms` after an answer). Keyed
+    `c<level>`, then by target."""
     wrk_binary()
     files: dict[str, Path] = {}
     for name, target in targets.items():
@@ -342,8 +345,8 @@ def measure(
         row: dict[str, Any] = {}
         for name, target in targets.items():
             if warmup_s > 0:
-                run_wrk(target.url, files[name], level, warmup_s)
-            row[name] = r = run_wrk(target.url, files[name], level, duration_s)
+                run_wrk(target.url, files[name], level, warmup_s, pause_ms)
+            row[name] = r = run_wrk(target.url, files[name], level, duration_s, pause_ms)
             few = " [yellow](under 1,000 samples: a rough p99)[/]" if r["samples"] < 1000 else ""
             console.print(f"c{level:<4} {name:<16} {r['rps']:>8.0f} req/s  p50 {_ms(r['p50_ms'])} ms  "
                           f"p99 {_ms(r['p99_ms'])} ms  n {r['samples']:>6}  errors {r['errors']}{few}")

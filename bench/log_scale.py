@@ -4,16 +4,20 @@ retraining window's query over them, and a gateway under load beside the writer.
 One run, on a fresh PostgreSQL database made for it and dropped after it:
 
 1. The scripted upstream and a gateway (`moe serve`, `moe-auto`, its own decision log in the same database) start;
-   closed-loop load (wrk, bench/harness.py) measures its latency with the database idle: `before`.
+   two loads (wrk, bench/harness.py) measure its latency with the database idle: `before`. A closed loop, which
+   saturates the gateway, so every core-second the writer takes shows; and a paced one (each client waits
+   `--pause-ms` on average after an answer), a gateway serving well below its capacity, as one sized for its
+   traffic does.
 2. The writer starts: this process feeds synthetic but realistic records (three virtual models on two routers,
    ranked experts, one expert call each or two after a fallback, 2% errors, 5% explored; the busiest virtual model
    keeps its text: a MMLU-Pro question as the prompt, an answer) to gateway/decisions/log.py's DecisionLog at
    `--rate` records/s (5,500: the target of 5,000 and a tenth; 0: as fast as it drains them), never past a
    backlog of a few batches, so nothing spills: a writer that cannot keep up shows as a lower rate. Their times spread over
    the 30 days before the run, oldest first, as a month of traffic would have written them. Once it is past
-   its start, the same load measures the gateway again: `with_writer`.
-3. The writer finishes (its records/s over the run and per minute are reported); the load measures the
-   gateway once more: `after`. The two measurements without the writer tell the noise apart from a change.
+   its start, the same loads measure the gateway again: `with_writer`.
+3. The writer finishes (its records/s over the run and per minute are reported); the loads measure the
+   gateway once more: `after`. The two measurements without the writer tell the noise apart from a change, per
+   load.
 4. Feedback is seeded (user thumbs on 5% of decisions, a judge's score on 2%), the tables analysed as autovacuum
    would, and the retraining window's query (migrations/decision_window.py: one virtual model's last day, then
    its last 7 days, joined to its feedback) is timed, with PostgreSQL's EXPLAIN ANALYZE of what it ran and the
@@ -74,6 +78,7 @@ from migrations.decision_window import count_window, read_window
 TARGET_RECORDS_PER_S = 5_000.0
 BACKLOG = 8 * BATCH  # records the feeder keeps waiting in the log's buffer: the writer never idles, nothing spills
 SPAN = timedelta(days=30)  # the records' times: the month before the run
+PAUSE_MS = 50  # the paced load's mean pause: 8 clients send ~150 req/s, under a third of the closed loop's ~500 here
 WINDOWS = (timedelta(days=1), timedelta(days=7))  # the retraining windows queried: a day's traffic, a week's
 EXPERTS = ("stem", "humanities", "general")
 # (virtual model, router, share of traffic, keeps its text)
@@ -259,7 +264,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, help="decision records written (default 1,000,000; 20,000 with --smoke)")
     parser.add_argument("--rate", type=float, default=1.1 * TARGET_RECORDS_PER_S,
                         help="records/s offered to the writer (default 5,500; 0: as fast as it writes them)")
-    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients of the gateway")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients of the gateway, in either load")
+    parser.add_argument("--pause-ms", type=int, default=PAUSE_MS,
+                        help="what each client of the paced load waits after an answer, on average")
     parser.add_argument("--duration", type=int, default=30, help="seconds of each measured load")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before each")
     parser.add_argument("--router", type=Path, default=DEFAULT_ROUTER, help="trained router artifact to route with")
@@ -290,10 +297,16 @@ def main() -> None:
         watch = OtherWork()
         watch.start()
 
-        def load(phase: str) -> dict[str, Any]:
-            result = measure(target, prompts, [args.concurrency], args.duration, args.warmup, work)
-            console.print(f"{phase}: gateway p99 {result[f'c{args.concurrency}']['gateway_routed']['p99_ms']} ms")
-            return result[f"c{args.concurrency}"]["gateway_routed"]
+        pauses = {"closed_loop": 0, "paced": args.pause_ms}  # each load: what its clients wait after an answer
+
+        def load(phase: str) -> dict[str, dict[str, Any]]:
+            """Both loads, one after the other."""
+            results = {}
+            for name, pause_ms in pauses.items():
+                result = measure(target, prompts, [args.concurrency], args.duration, args.warmup, work, pause_ms)
+                results[name] = result[f"c{args.concurrency}"]["gateway_routed"]
+                console.print(f"{phase}, {name}: gateway p99 {results[name]['p99_ms']} ms")
+            return results
 
         loads = {"before": load("before the writer")}
         log = DecisionLog(make_engine(database_url), work / "spill", max_buffer=10 * BACKLOG)
@@ -308,8 +321,8 @@ def main() -> None:
         loads["after"] = load("after the writer")
         other_work = watch.report()
         (t0, n0), (t1, n1) = run.written_at(load_started), run.written_at(load_ended)
-        loads["with_writer"]["writer_records_per_s_meanwhile"] = round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
-        loads["with_writer"]["writer_ran_throughout"] = run.finished is not None and run.finished >= load_ended
+        meanwhile = {"writer_records_per_s_meanwhile": round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None,
+                     "writer_ran_throughout": run.finished is not None and run.finished >= load_ended}
 
         engine = make_engine(database_url)
         seed_feedback(engine, traffic.feedback)
@@ -339,7 +352,9 @@ def main() -> None:
                        "answer); 1 expert call, 2 after a fallback (5%); 2% errors; 5% explored; times over the "
                        f"{SPAN.days} days before the run",
             "feedback": "user thumbs on 5% of answered decisions, judge:general scores on 2%",
-            "load": {"generator": f"{wrk_version()} (bench/wrk.lua), closed loop", "target": "moe-auto",
+            "load": {"generator": f"{wrk_version()} (bench/wrk.lua)", "target": "moe-auto",
+                     "closed_loop": "each client sends its next request as soon as an answer comes",
+                     "paced": f"each client waits {args.pause_ms} ms on average after an answer (exponential)",
                      "concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup},
             "gateway": "moe serve, 1 worker, its own decision log in the same database",
         },
@@ -348,8 +363,10 @@ def main() -> None:
                                  "slowest_minute": writer_report["slowest_whole_window_records_per_s"],
                                  "met": writer_report["records_per_s"] >= TARGET_RECORDS_PER_S
                                  and (writer_report["slowest_whole_window_records_per_s"] or 0) >= TARGET_RECORDS_PER_S},
-        "gateway_load": loads,
-        "gateway_p99": p99_check(loads["before"], loads["with_writer"], loads["after"]),
+        "gateway_load": {name: {phase: loads[phase][name] for phase in loads} for name in pauses},
+        "writer_during_loads": meanwhile,
+        "gateway_p99": {name: p99_check(loads["before"][name], loads["with_writer"][name], loads["after"][name])
+                        for name in pauses},
         "retrain_query": queries,
         "stored": {**stored, "database_size": size},
         "other_work": other_work,

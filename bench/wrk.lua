@@ -1,10 +1,14 @@
--- wrk script of bench/harness.py `run_wrk`: wrk -s bench/wrk.lua URL -- BODIES THREADS
+-- wrk script of bench/harness.py `run_wrk`: wrk -s bench/wrk.lua URL -- BODIES THREADS [PAUSE_MS]
 --
 -- POSTs the JSON bodies of BODIES (one per line) in turn, each of THREADS threads starting at its own
 -- offset so no two send the same text at once; checks every answer (status 200 and a complete body:
 -- `"choices"`, and for an SSE stream its `data: [DONE]` and no error event); and prints the run as one
 -- line, `WRK_JSON {...}`: requests, duration, socket errors, statuses, bad bodies and the whole latency
--- histogram as [microseconds, count] pairs, from which the harness computes percentiles.
+-- histogram as [microseconds, count] pairs, from which the harness computes percentiles. With PAUSE_MS,
+-- each connection waits after an answer before its next request, PAUSE_MS on average, drawn from an
+-- exponential distribution: a paced load below the server's capacity instead of a closed loop that
+-- saturates it. A fixed pause would keep the connections in step: their requests arrive as one burst,
+-- are answered together, and come back together after the pause, so each waits for the whole burst.
 
 local threads = {}
 
@@ -25,6 +29,14 @@ function init(args)
    index = math.floor(id * #requests / count)
    bad = 0
    statuses = {}
+   local pause_ms = tonumber(args[3]) or 0
+   if pause_ms > 0 then
+      math.randomseed(1000 + id)
+      -- Defined only when pacing: wrk sends through a timer whenever a script has delay(), even one returning 0.
+      function delay()
+         return math.floor(-pause_ms * math.log(1 - math.random()) + 0.5)
+      end
+   end
 end
 
 function request()
