@@ -298,8 +298,8 @@ def wrk_version() -> str:
 
 def run_wrk(url: str, bodies: Path, connections: int, duration_s: int, pause_ms: int = 0) -> dict[str, Any]:
     """wrk with `connections` clients for `duration_s` seconds (wrk takes whole seconds), POSTing the bodies of
-    `bodies` (one JSON per line) in turn, each client waiting `pause_ms` after an answer (0: a closed loop);
-    requests/s, errors by kind and latency stats over every answered request."""
+    `bodies` (one JSON per line) in turn, each client pausing after an answer, `pause_ms` on average (bench/wrk.lua
+    draws it; 0: a closed loop); requests/s, errors by kind and latency stats over every answered request."""
     threads = max(1, min(connections, os.cpu_count() or 1))
     argv = [wrk_binary(), "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:d}s",
             "--timeout", f"{REQUEST_TIMEOUT_S:g}s", "-s", str(WRK_SCRIPT), url, "--", str(bodies), str(threads),
@@ -333,8 +333,8 @@ def measure(
     workdir: Path, pause_ms: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Every target at every concurrency level, in one run: an unmeasured warm-up, then the measured run, each
-    a wrk run of its own over the same prompts (`run_wrk`, each client pausing `pause_ms` after an answer). Keyed
-    `c<level>`, then by target."""
+    a wrk run of its own over the same prompts (`run_wrk`, each client pausing `pause_ms` on average after an
+    answer). Keyed `c<level>`, then by target."""
     wrk_binary()
     files: dict[str, Path] = {}
     for name, target in targets.items():
