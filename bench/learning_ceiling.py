@@ -30,10 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,8 +49,10 @@ from training.log_data import DEV_SHARE, concat, predictions, split_of, with_pre
 from training.pool import load_pool
 from training.retrain import PREDICTED_WEIGHT, RetrainRequest
 
+START, STREAM = 300, 6000  # bench/learning.py's questions: the start's, fully scored, and the logged ones
 WAYS = ("all_rows", "all_rows_fill", "retrain_split_fill", "retrain_refit_fill")
 EPSILONS = (0.3, 0.6)  # bench/learning.py's exploration share, and twice it
+Key = TypeVar("Key")
 
 
 def revealed(start_quality: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
@@ -101,34 +103,44 @@ def fit(data: RoutingDataset, out: Path) -> Router:
     return router
 
 
+def full_information(data: RoutingDataset, rows: Plan, train_rows: np.ndarray) -> RoutingDataset:
+    """`train_rows` to train on and the plan's dev rows to tune on, every expert's score known."""
+    return concat([as_split(data.subset(train_rows), "train"), as_split(data.subset(rows.dev), "dev")])
+
+
+def aucs_on_test(data: RoutingDataset, directories: Mapping[Key, Path]) -> dict[Key, float]:
+    """Each router saved in `directories` replayed on the test split: its AUC, under the same key."""
+    report = run_scenario(data, "test", list(directories.values()), [], latency_queries=0)
+    by_directory = {result["name"]: result["auc"] for result in report["candidates"]}
+    return {key: by_directory[directory.name] for key, directory in directories.items()}
+
+
+def recovery(auc: float, start: float, full: float) -> float | None:
+    """The share of the gap from the start's AUC to full information's that `auc` closes; None without a gap."""
+    return (auc - start) / (full - start) if full > start else None
+
+
 def run_draw(
     data: RoutingDataset, pool: Any, draw: int, epsilons: Sequence[float], work: Path, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """One draw of the questions; per epsilon, one draw of the exploration and of the log's split (the same seed for
     each epsilon, so a run with more of them repeats the figures of one with fewer)."""
-    rows = plan(pool, 300, 6000, seed=draw)  # bench/learning.py's questions for its seed
-
-    def full_information(train_rows: np.ndarray) -> RoutingDataset:
-        return concat([as_split(data.subset(train_rows), "train"), as_split(data.subset(rows.dev), "dev")])
-
+    rows = plan(pool, START, STREAM, seed=draw)  # bench/learning.py's questions for its seed
     say(f"draw {draw}: start and full information")
     directories = {"start": work / f"{draw}-start", "full_information": work / f"{draw}-full"}
-    start = fit(full_information(rows.start), directories["start"])
-    fit(full_information(np.concatenate([rows.start, rows.stream])), directories["full_information"])
+    start = fit(full_information(data, rows, rows.start), directories["start"])
+    fit(full_information(data, rows, np.concatenate([rows.start, rows.stream])), directories["full_information"])
     for epsilon in epsilons:
         mixes = draw_datasets(data, rows, start, epsilon, np.random.default_rng(1000 + draw))
         for way, mix in mixes.items():
             say(f"draw {draw}, epsilon {epsilon}: {way}")
             directories[f"{epsilon}/{way}"] = work / f"{draw}-{epsilon}-{way}"
             fit(mix, directories[f"{epsilon}/{way}"])
-    report = run_scenario(data, "test", list(directories.values()), [], latency_queries=0)
-    by_directory = {result["name"]: result["auc"] for result in report["candidates"]}
-    auc = {name: by_directory[directory.name] for name, directory in directories.items()}
-    gap = auc["full_information"] - auc["start"]
+    auc = aucs_on_test(data, directories)
 
     def way_figures(epsilon: float, way: str) -> dict[str, float | None]:
         mine = auc[f"{epsilon}/{way}"]
-        return {"auc": mine, "recovery": (mine - auc["start"]) / gap if gap > 0 else None}
+        return {"auc": mine, "recovery": recovery(mine, auc["start"], auc["full_information"])}
 
     return {
         "draw": draw,

@@ -24,15 +24,22 @@ import numpy as np
 
 from bench.harness import ROOT, command_line, console, machine
 from bench.learning import FAMILY
-from bench.learning_ceiling import EPSILONS, as_split, fit, revealed
+from bench.learning_ceiling import (
+    EPSILONS,
+    START,
+    STREAM,
+    aucs_on_test,
+    fit,
+    full_information,
+    recovery,
+    revealed,
+)
 from bench.learning_data import plan
+from routers import Router
 from routers.dataset import RoutingDataset
 from training.dataset import from_pool
-from training.evaluate import run_scenario
-from training.log_data import concat
 from training.pool import load_pool
 
-START, STREAM = 300, 6000  # bench/learning.py's questions
 STREAMED = (0, 300, 600, 1500, 3000, STREAM)  # fully scored streamed questions added to the start's
 
 
@@ -40,18 +47,17 @@ def run_draw(data: RoutingDataset, pool: Any, draw: int, work: Path) -> dict[str
     """One draw of the questions (bench/learning_ceiling.py's for the same draw): the family fitted on the start plus
     each prefix of the stream, every expert scored, and what each epsilon's exploration would reveal per expert."""
     rows = plan(pool, START, STREAM, seed=draw)
-    dev = as_split(data.subset(rows.dev), "dev")
-    directories, routers = {}, {}
-    for k in STREAMED:
+    directories = {k: work / f"{draw}-{k}" for k in STREAMED}
+
+    def fit_streamed(k: int) -> Router:
         console.print(f"draw {draw}: full information on {START} + {k}")
-        train = as_split(data.subset(np.concatenate([rows.start, rows.stream[:k]])), "train")
-        directories[k] = work / f"{draw}-{k}"
-        routers[k] = fit(concat([train, dev]), directories[k])
-    report = run_scenario(data, "test", list(directories.values()), [], latency_queries=0)
-    by_directory = {result["name"]: result["auc"] for result in report["candidates"]}
-    auc = {k: by_directory[directory.name] for k, directory in directories.items()}
-    gap = auc[STREAM] - auc[0]
-    start_quality = routers[0].score(data.subset(rows.stream).queries.tolist())
+        return fit(full_information(data, rows, np.concatenate([rows.start, rows.stream[:k]])), directories[k])
+
+    start = fit_streamed(0)
+    for k in STREAMED[1:]:
+        fit_streamed(k)
+    auc = aucs_on_test(data, directories)
+    start_quality = start.score(data.subset(rows.stream).queries.tolist())
     revealed_rows = {
         str(epsilon): np.bincount(
             revealed(start_quality, epsilon, np.random.default_rng(1000 + draw)), minlength=len(data.experts)
@@ -60,7 +66,7 @@ def run_draw(data: RoutingDataset, pool: Any, draw: int, work: Path) -> dict[str
     }
     return {
         "draw": draw,
-        "by_streamed": {str(k): {"auc": auc[k], "recovery": (auc[k] - auc[0]) / gap if gap > 0 else None} for k in auc},
+        "by_streamed": {str(k): {"auc": auc[k], "recovery": recovery(auc[k], auc[0], auc[STREAM])} for k in auc},
         "revealed_per_expert": revealed_rows,
     }
 
